@@ -1,0 +1,306 @@
+"""The router's wire format: what callers, agents and the operator send and get back.
+
+Bounds and defaults come from :mod:`agentarmy.api.task` (priority, attempts,
+timeout, phases) so the Task CRD and the router API cannot drift apart.
+Times on the wire are Unix seconds (float); the operator turns them into
+RFC 3339 when it mirrors them into status.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import pydantic_core
+from pydantic import Field, StringConstraints, field_validator
+
+from agentarmy.api.agent import Capability
+from agentarmy.api.common import DNSLabel, FreeForm, LabelValue, Model, parse_duration
+from agentarmy.api.task import TaskPhase, TaskSpec
+
+MAX_INPUT_BYTES = 256 * 1024
+"""Largest task input or result, as JSON."""
+MAX_TIMEOUT_SECONDS = 24 * 3600.0
+MAX_BATCH = 1000
+"""Most tasks in one batch submission or results in one report."""
+MAX_CLAIM = 256
+MAX_WAIT_SECONDS = 60.0
+MAX_ERROR_CHARS = 4096
+
+TaskId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+TraceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+"""W3C trace id: 32 lower-case hex digits."""
+TemplateHash = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")]
+ErrorText = Annotated[str, StringConstraints(max_length=MAX_ERROR_CHARS)]
+
+AttemptOutcome = Literal["Succeeded", "Failed", "LeaseExpired", "TimedOut", "Released", "Cancelled"]
+"""How one attempt ended. Released attempts (agent shutting down) do not count against maxAttempts."""
+COUNTED_OUTCOMES: frozenset[str] = frozenset({"Failed", "LeaseExpired", "TimedOut"})
+
+
+def _check_json_size(value: FreeForm | None, what: str) -> FreeForm | None:
+    if value is not None and len(pydantic_core.to_json(value)) > MAX_INPUT_BYTES:
+        raise ValueError(f"{what} is larger than {MAX_INPUT_BYTES} bytes as JSON")
+    return value
+
+
+class SubmitTask(TaskSpec):
+    """A task to run: the Task CRD's spec plus where it lives and its trace id."""
+
+    model_config = TaskSpec.model_config | {"json_schema_extra": None}
+
+    namespace: DNSLabel = Field(default="default", description="Namespace of the target fleet.")
+    traceId: TraceId | None = Field(
+        default=None, description="Trace id to carry to the result (default: a new one)."
+    )
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_in_range(cls, value: str) -> str:
+        seconds = parse_duration(value)
+        if not 0 < seconds <= MAX_TIMEOUT_SECONDS:
+            raise ValueError(f"timeout must be above 0 and at most {MAX_TIMEOUT_SECONDS:.0f}s")
+        return value
+
+    @field_validator("input")
+    @classmethod
+    def _input_size(cls, value: FreeForm) -> FreeForm:
+        _check_json_size(value, "input")
+        return value
+
+
+class TokenUsage(Model):
+    """Model tokens an attempt used, for budgets."""
+
+    promptTokens: int = Field(default=0, ge=0)
+    completionTokens: int = Field(default=0, ge=0)
+    totalTokens: int = Field(default=0, ge=0)
+
+
+class Attempt(Model):
+    """One run of a task on one agent; kept for every attempt, with its reason."""
+
+    number: int = Field(ge=1, description="1 for the first attempt; part of the fencing token.")
+    agent: str = Field(description="namespace/name of the agent that held the lease.")
+    templateHash: TemplateHash = Field(default="", description="Template hash of that agent.")
+    startedAt: float = Field(description="Unix seconds when the lease was granted.")
+    endedAt: float | None = Field(default=None, description="Unix seconds when the attempt ended.")
+    outcome: AttemptOutcome | None = Field(default=None, description="Empty while running.")
+    reason: str = Field(default="", description="Why it failed, expired or was released.")
+
+
+class Task(Model):
+    """A task as the router stores and reports it."""
+
+    id: TaskId
+    namespace: DNSLabel
+    fleet: DNSLabel
+    capability: Capability
+    input: FreeForm = Field(default_factory=dict)
+    priority: int
+    timeout: str
+    maxAttempts: int
+    idempotencyKey: str | None = None
+    parentTaskId: str | None = None
+    traceId: str
+    phase: TaskPhase = Field(description="Queued, Running, Succeeded, Failed, DeadLettered or Cancelled.")
+    seq: int = Field(description="Submission order; FIFO within a priority.")
+    createdAt: float
+    availableAt: float = Field(description="Earliest time a queued task may be claimed (backoff).")
+    agent: str = Field(default="", description="Agent of the current or last attempt.")
+    attempt: int = Field(default=0, ge=0, description="Number of the current or last attempt.")
+    leaseExpiresAt: float | None = Field(default=None, description="While running: lease end.")
+    deadlineAt: float | None = Field(default=None, description="While running: attempt timeout.")
+    attempts: list[Attempt] = Field(default_factory=list)
+    result: FreeForm | None = None
+    error: str = Field(default="", description="Why the task failed or was dead-lettered.")
+    usage: TokenUsage | None = None
+    finishedAt: float | None = None
+
+
+class SubmitResponse(Model):
+    task: Task
+    created: bool = Field(description="False when the idempotency key matched an earlier task.")
+
+
+class SubmitBatchRequest(Model):
+    tasks: list[SubmitTask] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class SubmitBatchResponse(Model):
+    results: list[SubmitResponse]
+
+
+class TaskList(Model):
+    tasks: list[Task]
+    next: str | None = Field(default=None, description="Cursor for the next page, if any.")
+
+
+class RegisterAgent(Model):
+    """An agent announcing itself; repeated registration updates it."""
+
+    namespace: DNSLabel
+    name: DNSLabel
+    fleet: DNSLabel
+    capabilities: list[Capability] = Field(min_length=1, max_length=64)
+    concurrency: int = Field(default=1, ge=1, le=MAX_CLAIM)
+    templateHash: TemplateHash = ""
+    role: LabelValue = "worker"
+
+
+class AgentInfo(RegisterAgent):
+    registeredAt: float
+    lastHeartbeat: float
+    ready: bool = Field(description="False once the agent said it is draining.")
+
+
+class LeaseRef(Model):
+    """The fencing token: a task id and the attempt number the lease was granted for."""
+
+    taskId: TaskId
+    attempt: int = Field(ge=1)
+
+
+class Lease(LeaseRef):
+    """A claimed task, as handed to an agent."""
+
+    capability: Capability
+    input: FreeForm
+    priority: int
+    traceId: str
+    parentTaskId: str | None = None
+    leaseExpiresAt: float
+    deadlineAt: float = Field(description="When the attempt times out (the task's timeout).")
+
+
+class TaskResult(LeaseRef):
+    """How an attempt ended, reported by the agent holding its lease."""
+
+    outcome: Literal["succeeded", "failed", "released"]
+    result: FreeForm | None = None
+    error: ErrorText = ""
+    retryable: bool = Field(default=True, description="False: fail the task without retrying.")
+    usage: TokenUsage | None = None
+
+    @field_validator("result")
+    @classmethod
+    def _result_size(cls, value: FreeForm | None) -> FreeForm | None:
+        return _check_json_size(value, "result")
+
+
+class ResultAck(LeaseRef):
+    status: Literal["recorded", "stale"]
+    phase: TaskPhase | None = None
+    message: str = ""
+
+
+class ClaimRequest(Model):
+    max: int = Field(default=1, ge=1, le=MAX_CLAIM, description="Most tasks to lease.")
+    waitSeconds: float = Field(default=10.0, ge=0, le=MAX_WAIT_SECONDS, description="Long-poll time.")
+    results: list[TaskResult] = Field(
+        default_factory=list, max_length=MAX_BATCH,
+        description="Results to record before claiming (saves a round trip).",
+    )
+
+
+class ClaimResponse(Model):
+    tasks: list[Lease]
+    results: list[ResultAck] = Field(default_factory=list)
+
+
+class HeartbeatRequest(Model):
+    leases: list[LeaseRef] = Field(default_factory=list, max_length=MAX_BATCH)
+    draining: bool = Field(default=False, description="True: send no new tasks to this agent.")
+
+
+class LeaseStatus(LeaseRef):
+    status: Literal["extended", "stale", "cancelled"]
+    leaseExpiresAt: float | None = None
+    message: str = ""
+
+
+class HeartbeatResponse(Model):
+    leases: list[LeaseStatus]
+
+
+class ReportRequest(Model):
+    results: list[TaskResult] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ReportResponse(Model):
+    results: list[ResultAck]
+
+
+class AttemptRequest(Model):
+    attempt: int = Field(ge=1, description="Attempt number of the lease (the fencing token).")
+
+
+class CompleteRequest(AttemptRequest):
+    result: FreeForm = Field(default_factory=dict)
+    usage: TokenUsage | None = None
+
+    @field_validator("result")
+    @classmethod
+    def _result_size(cls, value: FreeForm) -> FreeForm:
+        _check_json_size(value, "result")
+        return value
+
+
+class FailRequest(AttemptRequest):
+    error: Annotated[str, StringConstraints(min_length=1, max_length=MAX_ERROR_CHARS)]
+    retryable: bool = True
+
+
+class SubtaskRequest(AttemptRequest):
+    """A hand-off: the agent holding the parent's lease submits a task to another fleet."""
+
+    task: SubmitTask
+
+
+class AgentStats(Model):
+    name: str
+    ready: bool
+    live: bool = Field(description="Heartbeat seen within the liveness window.")
+    templateHash: str
+    running: int
+    succeeded: int
+    failed: int
+    lastHeartbeat: float
+
+
+class TemplateStats(Model):
+    templateHash: str
+    attempts: int
+    failures: int
+    errorRate: float
+
+
+class FleetStats(Model):
+    namespace: str
+    fleet: str
+    queued: int
+    queuedByPriority: dict[str, int]
+    running: int
+    succeeded: int
+    failed: int
+    deadLettered: int
+    cancelled: int
+    agents: list[AgentStats]
+    templates: list[TemplateStats]
+
+
+class Stats(Model):
+    generatedAt: float
+    fleets: list[FleetStats]
+
+
+class ErrorDetail(Model):
+    status: int
+    code: str = Field(description="One CamelCase word: BadRequest, StaleLease, NotFound, ...")
+    message: str
+    field: str | None = Field(default=None, description="The request field at fault, if one is.")
+
+
+class ErrorResponse(Model):
+    error: ErrorDetail

@@ -1,0 +1,52 @@
+"""armyctl: one command line for the cluster, the CRDs, the router and agents.
+
+Each command group lives in its own module and registers itself here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from agentarmy.cli import cluster, crds
+
+Registrar = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
+
+COMMAND_GROUPS: list[Registrar] = [cluster.register, crds.register]
+
+
+def _optional_groups() -> list[Registrar]:
+    groups: list[Registrar] = []
+    try:
+        from agentarmy.cli import tasks
+    except ImportError:  # router client not built yet
+        pass
+    else:
+        groups.append(tasks.register)
+    try:
+        from agentarmy.cli import agent
+    except ImportError:
+        pass
+    else:
+        groups.append(agent.register)
+    return groups
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="armyctl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in COMMAND_GROUPS + _optional_groups():
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
