@@ -35,8 +35,9 @@ class ExternalCluster:
 
     def install_crds(self, crd_dir: Path, timeout: float = 60) -> None:
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_dir))
-        self.kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s",
-                     "-f", str(crd_dir))
+        self.kubectl(
+            "wait", "--for=condition=Established", f"--timeout={int(timeout)}s", "-f", str(crd_dir)
+        )
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +62,6 @@ def namespace(cluster: DevCluster | ExternalCluster) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards (without waiting)."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("wait", "--for=create", "serviceaccount/default",
-                    "-n", name, "--timeout=60s")
+    cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", name, "--timeout=60s")
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

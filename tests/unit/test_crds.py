@@ -32,8 +32,16 @@ def _walk(node: Any, path: str = "") -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     if isinstance(node, dict):
         for key, value in node.items():
-            if key in ("$ref", "$defs", "anyOf", "oneOf", "allOf", "title", "patternProperties",
-                       "const") and not node.get("x-kubernetes-int-or-string"):
+            if key in (
+                "$ref",
+                "$defs",
+                "anyOf",
+                "oneOf",
+                "allOf",
+                "title",
+                "patternProperties",
+                "const",
+            ) and not node.get("x-kubernetes-int-or-string"):
                 found.append((path, key))
             if key in ("properties", "additionalProperties", "items"):
                 children = value.items() if key == "properties" else [(key, value)]

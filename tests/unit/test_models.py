@@ -34,7 +34,9 @@ def _example_documents() -> list[tuple[str, dict[str, Any]]]:
     return docs
 
 
-@pytest.mark.parametrize(("name", "doc"), _example_documents(), ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize(
+    ("name", "doc"), _example_documents(), ids=lambda v: v if isinstance(v, str) else ""
+)
 def test_examples_parse(name: str, doc: dict[str, Any]) -> None:
     SPEC_BY_KIND[doc["kind"]].model_validate(doc["spec"])
 
@@ -101,7 +103,13 @@ def test_parse_duration_rejects(text: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "total", "up", "expected"),
-    [(2, 10, True, 2), ("25%", 10, True, 3), ("25%", 10, False, 2), ("0%", 10, True, 0), ("3", 10, False, 3)],
+    [
+        (2, 10, True, 2),
+        ("25%", 10, True, 3),
+        ("25%", 10, False, 2),
+        ("0%", 10, True, 0),
+        ("3", 10, False, 3),
+    ],
 )
 def test_int_or_percent(value: int | str, total: int, up: bool, expected: int) -> None:
     assert parse_int_or_percent(value, total, round_up=up) == expected
@@ -109,9 +117,13 @@ def test_int_or_percent(value: int | str, total: int, up: bool, expected: int) -
 
 def test_label_selector() -> None:
     selector = LabelSelector.model_validate(
-        {"matchLabels": {"team": "a"},
-         "matchExpressions": [{"key": "tier", "operator": "In", "values": ["x", "y"]},
-                              {"key": "canary", "operator": "DoesNotExist"}]}
+        {
+            "matchLabels": {"team": "a"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["x", "y"]},
+                {"key": "canary", "operator": "DoesNotExist"},
+            ],
+        }
     )
     assert selector.matches({"team": "a", "tier": "x"})
     assert not selector.matches({"team": "a", "tier": "z"})

@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from agentarmy.api.common import (
-    ConfigMapKeyRef,
     Condition,
+    ConfigMapKeyRef,
     DNSLabel,
     Duration,
     LabelValue,
@@ -20,7 +20,8 @@ from agentarmy.api.common import (
 DEFAULT_AGENT_IMAGE = "ghcr.io/agentarmy/agent:0.1.0"
 
 Capability = Annotated[
-    str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$")
+    str,
+    StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"),
 ]
 """A task kind an agent takes, e.g. ``summarize`` or ``code.review``."""
 
@@ -31,7 +32,8 @@ ToolName = Annotated[
 ImageReference = Annotated[
     str,
     StringConstraints(
-        min_length=1, max_length=512,
+        min_length=1,
+        max_length=512,
         pattern=r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*(:[\w][\w.-]{0,127})?(@sha256:[a-f0-9]{64})?$",
     ),
 ]
@@ -40,14 +42,17 @@ ImageReference = Annotated[
 class ModelSpec(Model):
     """Which language model the agent talks to. The API key is referenced, never inlined."""
 
-    provider: Literal["openai-compatible", "openai", "anthropic", "azure-openai", "ollama", "none"] = (
-        Field(default="none", description="Model provider; 'none' for agents that need no model.")
-    )
+    provider: Literal[
+        "openai-compatible", "openai", "anthropic", "azure-openai", "ollama", "none"
+    ] = Field(default="none", description="Model provider; 'none' for agents that need no model.")
     name: Annotated[str, StringConstraints(max_length=128)] = Field(
         default="", description="Model name as the provider knows it, e.g. gpt-4o-mini."
     )
-    endpoint: Annotated[str, StringConstraints(max_length=2048, pattern=r"^(https?://\S+)?$")] = Field(
-        default="", description="Base URL of an OpenAI-compatible API; empty for the provider default."
+    endpoint: Annotated[str, StringConstraints(max_length=2048, pattern=r"^(https?://\S+)?$")] = (
+        Field(
+            default="",
+            description="Base URL of an OpenAI-compatible API; empty for the provider default.",
+        )
     )
     apiKeySecretRef: SecretKeyRef | None = Field(
         default=None, description="Secret key holding the API key; passed to the pod by reference."
@@ -71,12 +76,15 @@ class ToolsSpec(Model):
     """Tools the agent may call; anything not listed is refused by the runtime."""
 
     allowed: list[ToolName] = Field(
-        default_factory=list, max_length=256,
+        default_factory=list,
+        max_length=256,
         description="Tool names the agent may call ('*' suffix matches a prefix).",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     mcpServers: list[McpServer] = Field(
-        default_factory=list, max_length=32, description="MCP servers the agent may reach.",
+        default_factory=list,
+        max_length=32,
+        description="MCP servers the agent may reach.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
 
@@ -85,7 +93,9 @@ class EnvVarSource(Model):
     """Where an environment variable's value comes from (one of the two)."""
 
     secretKeyRef: SecretKeyRef | None = Field(default=None, description="A key of a Secret.")
-    configMapKeyRef: ConfigMapKeyRef | None = Field(default=None, description="A key of a ConfigMap.")
+    configMapKeyRef: ConfigMapKeyRef | None = Field(
+        default=None, description="A key of a ConfigMap."
+    )
 
 
 class EnvVar(Model):
@@ -108,22 +118,29 @@ class EnvVar(Model):
         }
     }
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = (
-        Field(description="Variable name (a C identifier).")
-    )
+    name: Annotated[
+        str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    ] = Field(description="Variable name (a C identifier).")
     value: Annotated[str, StringConstraints(max_length=4096)] | None = Field(
         default=None, description="Literal value. Never put secrets here: use valueFrom."
     )
-    valueFrom: EnvVarSource | None = Field(default=None, description="Value from a Secret or ConfigMap.")
+    valueFrom: EnvVarSource | None = Field(
+        default=None, description="Value from a Secret or ConfigMap."
+    )
 
 
 class PolicyOverrides(Model):
     """Per-agent limits; they can only tighten what the selecting Policies allow."""
 
-    tasksPerMinute: int | None = Field(default=None, ge=1, le=1_000_000, description="Task rate cap.")
-    tokensPerHour: int | None = Field(default=None, ge=1, description="Model token budget per hour.")
+    tasksPerMinute: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Task rate cap."
+    )
+    tokensPerHour: int | None = Field(
+        default=None, ge=1, description="Model token budget per hour."
+    )
     approvalRequiredTools: list[ToolName] = Field(
-        default_factory=list, description="Extra tools that need human approval before each call.",
+        default_factory=list,
+        description="Extra tools that need human approval before each call.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
@@ -132,17 +149,21 @@ class AgentSpec(Model):
     """What an agent is and what it may do."""
 
     role: LabelValue = Field(
-        default="worker", min_length=1,
+        default="worker",
+        min_length=1,
         description="The agent's role, e.g. researcher or reviewer (also a pod label).",
     )
     capabilities: list[Capability] = Field(
-        min_length=1, max_length=64,
+        min_length=1,
+        max_length=64,
         description="Task kinds this agent takes; the router only assigns matching tasks.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    skills: dict[Capability, Annotated[str, StringConstraints(min_length=1, max_length=63)]] = Field(
-        default_factory=dict,
-        description="Skill plugin per capability; a capability without an entry uses the skill of the same name.",
+    skills: dict[Capability, Annotated[str, StringConstraints(min_length=1, max_length=63)]] = (
+        Field(
+            default_factory=dict,
+            description="Skill plugin per capability; a capability without an entry uses the skill of the same name.",
+        )
     )
     model: ModelSpec = Field(default_factory=ModelSpec, description="Language model settings.")
     tools: ToolsSpec = Field(default_factory=ToolsSpec, description="Tools the agent may call.")
@@ -155,7 +176,9 @@ class AgentSpec(Model):
     )
     concurrency: int = Field(default=1, ge=1, le=256, description="Tasks the agent runs at once.")
     env: list[EnvVar] = Field(
-        default_factory=list, max_length=128, description="Extra environment variables.",
+        default_factory=list,
+        max_length=128,
+        description="Extra environment variables.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     serviceAccountName: DNSLabel | None = Field(
@@ -178,15 +201,21 @@ class AgentStatus(Model):
 
     phase: AgentPhase = Field(default="Pending", description="Coarse lifecycle phase.")
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Progressing and Degraded.",
+        default_factory=list,
+        description="Ready, Progressing and Degraded.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observedGeneration: int = Field(default=0, ge=0, description="Generation last reconciled.")
     podName: str = Field(default="", description="Name of the agent's Pod.")
     templateHash: str = Field(default="", description="Hash of the spec the Pod was built from.")
-    podRestarts: int = Field(default=0, ge=0, description="Times the operator replaced a failed Pod.")
-    tasksSucceeded: int = Field(default=0, ge=0, description="Tasks completed (from the router, coarse).")
+    podRestarts: int = Field(
+        default=0, ge=0, description="Times the operator replaced a failed Pod."
+    )
+    tasksSucceeded: int = Field(
+        default=0, ge=0, description="Tasks completed (from the router, coarse)."
+    )
     tasksFailed: int = Field(default=0, ge=0, description="Tasks failed (from the router, coarse).")
     lastHeartbeatTime: str = Field(
-        default="", description="Last heartbeat the router saw (RFC 3339, coarse).",
+        default="",
+        description="Last heartbeat the router saw (RFC 3339, coarse).",
     )

@@ -20,9 +20,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
+QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 
 DNSLabel = Annotated[
     str,
@@ -110,7 +108,10 @@ class Condition(Model):
     )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: Annotated[
-        str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+        str,
+        StringConstraints(
+            min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+        ),
     ] = Field(description="One CamelCase word a machine can match on.")
     message: Annotated[str, StringConstraints(max_length=32768)] = Field(
         default="", description="What happened, for a person."
@@ -142,8 +143,12 @@ def set_condition(
     changed = previous is None or previous.status != status
     transition = now_rfc3339() if changed or previous is None else previous.lastTransitionTime
     updated = Condition(
-        type=type_, status=status, reason=reason, message=message,  # type: ignore[arg-type]
-        lastTransitionTime=transition, observedGeneration=generation,
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        lastTransitionTime=transition,
+        observedGeneration=generation,
     )
     replaced = False
     for condition in conditions:
@@ -161,18 +166,18 @@ class SecretKeyRef(Model):
     """A key in a Secret of the same namespace. Values are never inlined."""
 
     name: DNSLabel = Field(description="Name of the Secret in the object's namespace.")
-    key: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = (
-        Field(description="Key within the Secret.")
-    )
+    key: Annotated[
+        str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    ] = Field(description="Key within the Secret.")
 
 
 class ConfigMapKeyRef(Model):
     """A key in a ConfigMap of the same namespace."""
 
     name: DNSLabel = Field(description="Name of the ConfigMap in the object's namespace.")
-    key: Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")] = (
-        Field(description="Key within the ConfigMap.")
-    )
+    key: Annotated[
+        str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+    ] = Field(description="Key within the ConfigMap.")
 
 
 class LabelSelectorRequirement(Model):
@@ -191,7 +196,9 @@ class LabelSelector(Model):
     """A Kubernetes label selector; empty selects everything."""
 
     matchLabels: dict[str, LabelValue] = Field(
-        default_factory=dict, max_length=64, description="Labels that must all be present with these values."
+        default_factory=dict,
+        max_length=64,
+        description="Labels that must all be present with these values.",
     )
     matchExpressions: list[LabelSelectorRequirement] = Field(
         default_factory=list, description="Set-based requirements, all of which must hold."

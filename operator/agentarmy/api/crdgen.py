@@ -71,27 +71,33 @@ def _clean(schema: Schema, defs: dict[str, Schema]) -> Schema:
             # check the keys with CEL instead.
             ((pattern, value_schema),) = value.items()
             node["additionalProperties"] = structural(value_schema, defs)
-            node.setdefault("x-kubernetes-validations", []).append({
-                "rule": f"self.all(k, k.matches({pattern!r}))",
-                "message": f"every key must match {pattern}",
-            })
+            node.setdefault("x-kubernetes-validations", []).append(
+                {
+                    "rule": f"self.all(k, k.matches({pattern!r}))",
+                    "message": f"every key must match {pattern}",
+                }
+            )
         elif key == "additionalProperties":
             if value is False:
                 continue  # unknown fields are pruned by the API server anyway
-            node["additionalProperties"] = structural(value, defs) if isinstance(value, dict) else value
+            node["additionalProperties"] = (
+                structural(value, defs) if isinstance(value, dict) else value
+            )
         elif key == "exclusiveMinimum":
             node["minimum"], node["exclusiveMinimum"] = value, True
         elif key == "exclusiveMaximum":
             node["maximum"], node["exclusiveMaximum"] = value, True
         elif key == "const":
             node["enum"] = [value]
-        elif key == "default" and value is None:
-            continue
-        elif key in ("minItems", "maxItems") and schema.get("type") != "array":
+        elif (key == "default" and value is None) or (key in ("minItems", "maxItems") and schema.get("type") != "array"):
             continue
         else:
             node[key] = value
-    if node.get("type") == "object" and "properties" not in node and "additionalProperties" not in node:
+    if (
+        node.get("type") == "object"
+        and "properties" not in node
+        and "additionalProperties" not in node
+    ):
         node["x-kubernetes-preserve-unknown-fields"] = True
     if "enum" in node and "type" not in node:
         node["type"] = "string"

@@ -66,10 +66,14 @@ class Canary(Model):
 
     steps: list[CanaryStep] = Field(
         default_factory=lambda: [CanaryStep(weight=10), CanaryStep(weight=50)],
-        min_length=1, max_length=20, description="Weights to go through before 100%.",
+        min_length=1,
+        max_length=20,
+        description="Weights to go through before 100%.",
     )
     maxErrorRate: float = Field(
-        default=0.1, ge=0, le=1,
+        default=0.1,
+        ge=0,
+        le=1,
         description="Roll back when the new template's task error rate exceeds this (0..1).",
     )
     minTasks: int = Field(
@@ -97,7 +101,8 @@ class RolloutStrategy(Model):
         default="RollingUpdate", description="RollingUpdate or Canary."
     )
     rollingUpdate: RollingUpdate = Field(
-        default_factory=RollingUpdate, description="Bounds for RollingUpdate (and each canary step)."
+        default_factory=RollingUpdate,
+        description="Bounds for RollingUpdate (and each canary step).",
     )
     canary: Canary | None = Field(default=None, description="Canary steps and rollback bound.")
 
@@ -167,7 +172,10 @@ class FleetSpec(Model):
         default=None, description="Scale replicas on queue depth between min and max."
     )
     minReadySeconds: int = Field(
-        default=0, ge=0, le=3600, description="Seconds an Agent must be Ready to count as available."
+        default=0,
+        ge=0,
+        le=3600,
+        description="Seconds an Agent must be Ready to count as available.",
     )
 
 
@@ -184,11 +192,14 @@ class FleetStatus(Model):
     availableReplicas: int = Field(
         default=0, ge=0, description="Ready Agents, for at least minReadySeconds."
     )
-    selector: str = Field(default="", description="Label selector of the Agents (scale subresource).")
+    selector: str = Field(
+        default="", description="Label selector of the Agents (scale subresource)."
+    )
     currentTemplateHash: str = Field(default="", description="Hash of spec.template.")
     observedGeneration: int = Field(default=0, ge=0, description="Generation last reconciled.")
     conditions: list[Condition] = Field(
-        default_factory=list, description="Available, Progressing, Degraded and Halted.",
+        default_factory=list,
+        description="Available, Progressing, Degraded and Halted.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     queueDepth: int = Field(default=0, ge=0, description="Queued tasks for this fleet (coarse).")

@@ -23,11 +23,13 @@ class ModelRule(Model):
     """Which providers and model names are allowed ('*' globs allowed in names)."""
 
     providers: list[str] = Field(
-        default_factory=list, description="Allowed providers; empty allows any.",
+        default_factory=list,
+        description="Allowed providers; empty allows any.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     names: list[Glob] = Field(
-        default_factory=list, description="Allowed model names (globs); empty allows any.",
+        default_factory=list,
+        description="Allowed model names (globs); empty allows any.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
@@ -36,7 +38,9 @@ class RateLimit(Model):
     """A token bucket on task submissions."""
 
     tasksPerMinute: int = Field(ge=1, le=10_000_000, description="Sustained tasks per minute.")
-    burst: int = Field(default=0, ge=0, description="Extra tasks allowed in a burst (0: same as rate).")
+    burst: int = Field(
+        default=0, ge=0, description="Extra tasks allowed in a burst (0: same as rate)."
+    )
 
 
 class TokenBudget(Model):
@@ -60,7 +64,9 @@ class SentinelBounds(Model):
         default=None, ge=1, description="Halt when the fleet uses more tokens per hour."
     )
     maxCostPerHour: float | None = Field(
-        default=None, ge=0, description="Halt above this cost per hour (in the provider's currency)."
+        default=None,
+        ge=0,
+        description="Halt above this cost per hour (in the provider's currency).",
     )
 
 
@@ -68,11 +74,13 @@ class EgressRule(Model):
     """Network destinations agents may reach; rendered to a NetworkPolicy."""
 
     cidrs: list[Cidr] = Field(
-        default_factory=list, description="Allowed destination CIDRs.",
+        default_factory=list,
+        description="Allowed destination CIDRs.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
-        default_factory=lambda: [443], description="Allowed destination TCP ports.",
+        default_factory=lambda: [443],
+        description="Allowed destination TCP ports.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     allowDNS: bool = Field(default=True, description="Allow DNS lookups to kube-dns.")
@@ -83,7 +91,8 @@ class PolicyRules(Model):
 
     models: ModelRule | None = Field(default=None, description="Allowed providers and models.")
     allowedTools: list[Glob] = Field(
-        default_factory=list, description="Tools agents may be given (globs); empty allows any.",
+        default_factory=list,
+        description="Tools agents may be given (globs); empty allows any.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     allowedImageRegistries: list[Glob] = Field(
@@ -95,13 +104,19 @@ class PolicyRules(Model):
         default=None, ge=0, description="Upper bound on a Fleet's replicas."
     )
     requireResourceLimits: list[Literal["cpu", "memory"]] = Field(
-        default_factory=list, description="Resource limits every agent must set.",
+        default_factory=list,
+        description="Resource limits every agent must set.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    taskRateLimit: RateLimit | None = Field(default=None, description="Task submission rate per fleet.")
-    tokenBudget: TokenBudget | None = Field(default=None, description="Model tokens per fleet and window.")
+    taskRateLimit: RateLimit | None = Field(
+        default=None, description="Task submission rate per fleet."
+    )
+    tokenBudget: TokenBudget | None = Field(
+        default=None, description="Model tokens per fleet and window."
+    )
     approvalRequiredTools: list[ToolName] = Field(
-        default_factory=list, description="Tools that need a human approval for each call.",
+        default_factory=list,
+        description="Tools that need a human approval for each call.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     sentinel: SentinelBounds | None = Field(default=None, description="Bounds that halt a fleet.")
@@ -125,7 +140,8 @@ class PolicyStatus(Model):
     """What the policy currently governs and has seen."""
 
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready when the policy is accepted and enforced.",
+        default_factory=list,
+        description="Ready when the policy is accepted and enforced.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     observedGeneration: int = Field(default=0, ge=0, description="Generation last reconciled.")

@@ -38,7 +38,9 @@ class TaskSpec(Model):
     capability: Capability = Field(description="Task kind; only agents with it are assigned.")
     input: FreeForm = Field(default_factory=dict, description="Input for the skill (JSON object).")
     priority: int = Field(
-        default=DEFAULT_PRIORITY, ge=MIN_PRIORITY, le=MAX_PRIORITY,
+        default=DEFAULT_PRIORITY,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
         description="Higher runs first; FIFO within a priority.",
     )
     timeout: Duration = Field(default="5m", description="Time limit of one attempt.")
@@ -46,7 +48,8 @@ class TaskSpec(Model):
         default=3, ge=1, le=100, description="Attempts before the task goes to dead letter."
     )
     idempotencyKey: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
-        default=None, description="Submissions with the same key are one task (default: the Task's uid)."
+        default=None,
+        description="Submissions with the same key are one task (default: the Task's uid).",
     )
     parentTaskId: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
         default=None, description="Router id of the task this one was handed off from."
@@ -66,6 +69,7 @@ class TaskStatus(Model):
     completionTime: str = Field(default="", description="When the task ended (RFC 3339).")
     observedGeneration: int = Field(default=0, ge=0, description="Generation last reconciled.")
     conditions: list[Condition] = Field(
-        default_factory=list, description="Accepted and Complete.",
+        default_factory=list,
+        description="Accepted and Complete.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )

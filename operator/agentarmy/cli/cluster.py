@@ -37,12 +37,16 @@ def build(args: argparse.Namespace) -> int:
 def up(args: argparse.Namespace) -> int:
     workdir = default_workdir(args.name)
     if (workdir / "state.json").exists():
-        return _fail(ClusterError(
-            f"cluster {args.name!r} is already up (kubeconfig {workdir / 'kubeconfig'}); "
-            f"run `armyctl cluster down --name {args.name}` first"))
+        return _fail(
+            ClusterError(
+                f"cluster {args.name!r} is already up (kubeconfig {workdir / 'kubeconfig'}); "
+                f"run `armyctl cluster down --name {args.name}` first"
+            )
+        )
     shutil.rmtree(workdir, ignore_errors=True)  # leftovers of a failed start
-    cluster = DevCluster(nodes=args.nodes, workdir=workdir, detached=True,
-                         ports=Ports(apiserver=args.port))
+    cluster = DevCluster(
+        nodes=args.nodes, workdir=workdir, detached=True, ports=Ports(apiserver=args.port)
+    )
     started = time.monotonic()
     try:
         cluster.start()
@@ -56,8 +60,10 @@ def up(args: argparse.Namespace) -> int:
         cluster.stop()
         stop_detached(workdir)
         return 130
-    print(f"control plane up in {time.monotonic() - started:.1f}s at {cluster.server} "
-          f"with {args.nodes} kwok nodes" + ("" if args.no_crds else " and the agentarmy CRDs"))
+    print(
+        f"control plane up in {time.monotonic() - started:.1f}s at {cluster.server} "
+        f"with {args.nodes} kwok nodes" + ("" if args.no_crds else " and the agentarmy CRDs")
+    )
     print(f"  export KUBECONFIG={cluster.kubeconfig}")
     print("  kubectl get nodes; kubectl get crds; kubectl get agentarmy -A")
     print(f"  armyctl cluster down --name {args.name}   # stops it")
@@ -87,8 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     commands = parser.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
 
     p_build = commands.add_parser("build", help="build the control-plane binaries into the cache")
-    p_build.add_argument("components", nargs="*", default=["etcd", "kwok", "kubernetes"],
-                         choices=sorted(binaries.BUILDERS))
+    p_build.add_argument(
+        "components",
+        nargs="*",
+        default=["etcd", "kwok", "kubernetes"],
+        choices=sorted(binaries.BUILDERS),
+    )
     p_build.set_defaults(handler=build)
 
     p_up = commands.add_parser("up", help="start a control plane in the background")

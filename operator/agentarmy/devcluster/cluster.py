@@ -102,8 +102,14 @@ class Ports:
     def allocate(self) -> None:
         if self.apiserver:
             require_free_port(self.apiserver, "kube-apiserver")
-        for name in ("etcd_client", "etcd_peer", "apiserver", "controller_manager", "scheduler",
-                     "kwok"):
+        for name in (
+            "etcd_client",
+            "etcd_peer",
+            "apiserver",
+            "controller_manager",
+            "scheduler",
+            "kwok",
+        ):
             if not getattr(self, name):
                 setattr(self, name, free_port())
 
@@ -200,16 +206,26 @@ class DevCluster:
 
     def install_crds(self, crd_dir: Path, timeout: float = 60) -> None:
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_dir))
-        self.kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s",
-                     "-f", str(crd_dir))
+        self.kubectl(
+            "wait", "--for=condition=Established", f"--timeout={int(timeout)}s", "-f", str(crd_dir)
+        )
 
     # -- internals -------------------------------------------------------------
     def _write_pki(self) -> None:
         ca = CertificateAuthority(self.pki)
-        ca.issue("apiserver", "kube-apiserver", server=True,
-                 dns_names=("localhost", "kubernetes", "kubernetes.default",
-                            "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
-                 ip_addresses=("127.0.0.1", SERVICE_IP))
+        ca.issue(
+            "apiserver",
+            "kube-apiserver",
+            server=True,
+            dns_names=(
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
+            ip_addresses=("127.0.0.1", SERVICE_IP),
+        )
         ca.issue("admin", "agentarmy-admin", organization="system:masters", client=True)
         ca.issue("controller-manager", "system:kube-controller-manager", client=True)
         ca.issue("scheduler", "system:kube-scheduler", client=True)
@@ -224,13 +240,27 @@ class DevCluster:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "agentarmy-dev", "cluster": {
-                "server": self.server, "certificate-authority": str(self.ca_file)}}],
-            "users": [{"name": user, "user": {
-                "client-certificate": str(self.pki / f"{user}.crt"),
-                "client-key": str(self.pki / f"{user}.key")}}],
-            "contexts": [{"name": "agentarmy-dev", "context": {
-                "cluster": "agentarmy-dev", "user": user, "namespace": "default"}}],
+            "clusters": [
+                {
+                    "name": "agentarmy-dev",
+                    "cluster": {"server": self.server, "certificate-authority": str(self.ca_file)},
+                }
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {
+                        "client-certificate": str(self.pki / f"{user}.crt"),
+                        "client-key": str(self.pki / f"{user}.key"),
+                    },
+                }
+            ],
+            "contexts": [
+                {
+                    "name": "agentarmy-dev",
+                    "context": {"cluster": "agentarmy-dev", "user": user, "namespace": "default"},
+                }
+            ],
             "current-context": "agentarmy-dev",
         }
         path.write_text(yaml.safe_dump(config))
@@ -242,12 +272,17 @@ class DevCluster:
         peer = f"http://127.0.0.1:{self.ports.etcd_peer}"
         return [
             str(binaries.kube_binary("etcd")),
-            "--name=devcluster", f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+            "--name=devcluster",
+            f"--data-dir={self.workdir / 'etcd'}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster=devcluster={peer}",
-            "--unsafe-no-fsync=true", "--quota-backend-bytes=8589934592",
-            "--auto-compaction-mode=periodic", "--auto-compaction-retention=5m",
+            "--unsafe-no-fsync=true",
+            "--quota-backend-bytes=8589934592",
+            "--auto-compaction-mode=periodic",
+            "--auto-compaction-retention=5m",
             "--log-level=warn",
         ]
 
@@ -256,9 +291,11 @@ class DevCluster:
         return [
             str(binaries.kube_binary("kube-apiserver")),
             f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
             f"--secure-port={self.ports.apiserver}",
-            f"--tls-cert-file={p / 'apiserver.crt'}", f"--tls-private-key-file={p / 'apiserver.key'}",
+            f"--tls-cert-file={p / 'apiserver.crt'}",
+            f"--tls-private-key-file={p / 'apiserver.key'}",
             f"--client-ca-file={p / 'ca.crt'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={p / 'sa.pub'}",
@@ -279,8 +316,10 @@ class DevCluster:
         return [
             str(binaries.kube_binary("kube-controller-manager")),
             f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.ports.controller_manager}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.ports.controller_manager}",
             f"--root-ca-file={p / 'ca.crt'}",
             f"--service-account-private-key-file={p / 'sa.key'}",
             "--use-service-account-credentials=true",
@@ -294,9 +333,12 @@ class DevCluster:
         return [
             str(binaries.kube_binary("kube-scheduler")),
             f"--kubeconfig={kubeconfig}",
-            f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.ports.scheduler}",
-            "--leader-elect=false", "--v=1",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.ports.scheduler}",
+            "--leader-elect=false",
+            "--v=1",
         ]
 
     def _kwok_args(self) -> list[str]:
@@ -307,7 +349,8 @@ class DevCluster:
             f"--kubeconfig={self.pki / 'kwok.kubeconfig'}",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             f"--server-address=127.0.0.1:{self.ports.kwok}",
-            "--node-ip=127.0.0.1", "--cidr=10.244.0.0/16",
+            "--node-ip=127.0.0.1",
+            "--cidr=10.244.0.0/16",
             *configs,
         ]
 
@@ -317,8 +360,12 @@ class DevCluster:
         component = Component(name, args, log)
         with log.open("ab") as out:
             component.process = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.workdir, start_new_session=True,
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                start_new_session=True,
                 preexec_fn=None if self.detached else _die_with_parent,
             )
         self.components.append(component)
@@ -340,7 +387,7 @@ class DevCluster:
 
     def _etcd_healthy(self) -> bool:
         url = f"http://127.0.0.1:{self.ports.etcd_client}/health"
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url, timeout=2) as response:
             return bool(json.loads(response.read()).get("health") == "true")
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -368,9 +415,12 @@ class DevCluster:
     def _nodes_ready(self) -> bool:
         nodes = self._api_json("/api/v1/nodes")["items"]
         ready = [
-            n for n in nodes
-            if any(c["type"] == "Ready" and c["status"] == "True"
-                   for c in n.get("status", {}).get("conditions", []))
+            n
+            for n in nodes
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n.get("status", {}).get("conditions", [])
+            )
         ]
         return len(ready) >= self.nodes
 
@@ -396,8 +446,13 @@ def _kwok_node(name: str, pods: int) -> dict[str, Any]:
         "metadata": {
             "name": name,
             "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
-            "labels": {"type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                       "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/agent": ""},
+            "labels": {
+                "type": "kwok",
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "node-role.kubernetes.io/agent": "",
+            },
         },
         "spec": {},
         "status": {
@@ -426,7 +481,11 @@ def run_kubectl(
     kubectl = binaries.wheel_binary("kubectl")
     proc = subprocess.run(
         [str(kubectl), f"--kubeconfig={kubeconfig}", *args],
-        input=input, capture_output=True, text=True, timeout=timeout, check=False,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if check and proc.returncode != 0:
         raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
