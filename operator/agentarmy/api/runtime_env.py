@@ -39,3 +39,11 @@ HTTP_ALLOW_LIST = "AGENTARMY_HTTP_ALLOW_LIST"
 DEFAULT_TOKEN_PATH = "/var/run/secrets/agentarmy.io/token"
 """Where the operator mounts the projected ServiceAccount token (audience: the router)."""
 TOKEN_AUDIENCE = "agentarmy-router"
+
+POD_LABEL_FLEET = "agentarmy.io/fleet"
+"""Label the operator puts on agent Pods of a Fleet (absent for standalone Agents). After a
+TokenReview the router reads it (else the agent label) to decide which fleet's tasks the pod may claim."""
+POD_LABEL_AGENT = "agentarmy.io/agent"
+"""Label the operator puts on agent Pods: the Agent object's name."""
+ROUTER_TOKEN = "AGENTARMY_ROUTER_TOKEN"
+"""armyctl (not agents): a bearer token for the router given directly instead of a file."""

@@ -1,0 +1,102 @@
+"""Skills: what an agent does with a task of one capability. Plugins are found through
+the ``agentarmy.skills`` entry-point group; each entry point names a factory that takes
+the agent's settings and returns a :class:`Skill`."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+from agentarmy.agent.settings import AgentSettings
+from agentarmy.api import wire
+
+ENTRY_POINT_GROUP = "agentarmy.skills"
+log = logging.getLogger(__name__)
+
+HandOff = Callable[[wire.SubmitTask], Awaitable[wire.SubmitResponse]]
+
+
+class SkillFailed(Exception):
+    """The skill could not do the task; ``retryable=False`` fails it without more attempts."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass
+class SkillResult:
+    output: dict[str, Any]
+    usage: wire.TokenUsage | None = None
+
+
+@dataclass
+class TaskContext:
+    """What a skill sees of the task and of the agent running it."""
+
+    task_id: str
+    attempt: int
+    input: dict[str, Any]
+    trace_id: str
+    settings: AgentSettings
+    hand_off: HandOff
+    tools: Mapping[str, Skill] = field(default_factory=dict)
+    """Skills this task may call as tools (the llm skill's function calls)."""
+
+
+class Skill(Protocol):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    """JSON schema of the skill's input, offered to models when the skill is a tool."""
+
+    async def run(self, ctx: TaskContext) -> SkillResult: ...
+
+
+SkillFactory = Callable[[AgentSettings], Skill]
+
+
+def available_factories() -> dict[str, SkillFactory]:
+    factories: dict[str, SkillFactory] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            factories[entry.name] = entry.load()
+        except Exception:  # one broken plugin must not take the agent down
+            log.exception("cannot load skill plugin %s (%s)", entry.name, entry.value)
+    return factories
+
+
+def load_skills(settings: AgentSettings, factories: Mapping[str, SkillFactory] | None = None) -> dict[str, Skill]:
+    """capability -> skill instance; ValueError names capabilities no plugin serves."""
+    factories = dict(factories if factories is not None else available_factories())
+    missing = sorted({settings.skill_for(c) for c in settings.capabilities} - set(factories))
+    if missing:
+        raise ValueError(
+            f"no skill plugin named {', '.join(missing)} (installed: {', '.join(sorted(factories))})"
+        )
+    instances: dict[str, Skill] = {}
+    by_capability = {}
+    for capability in settings.capabilities:
+        skill_name = settings.skill_for(capability)
+        if skill_name not in instances:
+            instances[skill_name] = factories[skill_name](settings)
+        by_capability[capability] = instances[skill_name]
+    return by_capability
+
+
+def allowed(name: str, patterns: list[str]) -> bool:
+    """Is tool ``name`` allowed by the agent's tool list (globs, '*' suffix = prefix)?"""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def tool_skills(settings: AgentSettings, factories: Mapping[str, SkillFactory] | None = None) -> dict[str, Skill]:
+    """Skills the agent may call as tools: installed plugins its allow-list names (never llm)."""
+    factories = dict(factories if factories is not None else available_factories())
+    return {
+        name: factory(settings) for name, factory in factories.items()
+        if name != "llm" and allowed(name, settings.allowed_tools)
+    }

@@ -1,0 +1,190 @@
+"""armyctl submit | get | list | wait | cancel: talk to the router as a caller."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from agentarmy.api import runtime_env, wire
+from agentarmy.api.common import parse_duration
+from agentarmy.api.task import DEFAULT_PRIORITY, TERMINAL_PHASES, TaskSpec
+from agentarmy.router.client import RouterClient, RouterError, TokenSource
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    submit = _command(sub, "submit", "submit a task to a fleet", _submit)
+    submit.add_argument("fleet")
+    submit.add_argument("capability")
+    submit.add_argument("--input", default="{}", help="JSON object, or @file.json")
+    submit.add_argument("--priority", type=int, default=DEFAULT_PRIORITY)
+    submit.add_argument("--timeout", default=TaskSpec.model_fields["timeout"].default)
+    submit.add_argument("--max-attempts", type=int, default=TaskSpec.model_fields["maxAttempts"].default)
+    submit.add_argument("--idempotency-key")
+    submit.add_argument("--parent")
+    submit.add_argument("--wait", action="store_true", help="wait for the result")
+    submit.add_argument("--wait-timeout", default="10m")
+
+    get = _command(sub, "get", "show one task", _get)
+    get.add_argument("task_id")
+
+    listing = _command(sub, "list", "list tasks", _list)
+    listing.add_argument("--fleet")
+    listing.add_argument("--phase")
+    listing.add_argument("--parent")
+    listing.add_argument("--limit", type=int, default=50)
+
+    wait = _command(sub, "wait", "wait until a task has ended", _wait)
+    wait.add_argument("task_id")
+    wait.add_argument("--timeout", default="10m")
+
+    cancel = _command(sub, "cancel", "cancel a task", _cancel)
+    cancel.add_argument("task_id")
+
+
+def _command(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    name: str, help_text: str, run: Callable[[RouterClient, argparse.Namespace], Awaitable[int]],
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    parser.add_argument("--router", default=os.environ.get(runtime_env.ROUTER_URL, "http://127.0.0.1:8080"),
+                        help=f"router URL (env {runtime_env.ROUTER_URL})")
+    parser.add_argument("--token-file", default=os.environ.get(runtime_env.TOKEN_FILE),
+                        help=f"file with the bearer token (env {runtime_env.TOKEN_FILE})")
+    parser.add_argument("-n", "--namespace", default="default")
+    parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    parser.set_defaults(handler=lambda args: _run(run, args))
+    return parser
+
+
+def _run(run: Callable[[RouterClient, argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
+    raw_input = getattr(args, "input", None)
+    if raw_input is not None:
+        args.input_text = Path(raw_input[1:]).read_text() if raw_input.startswith("@") else raw_input
+    token = TokenSource(os.environ.get(runtime_env.ROUTER_TOKEN), Path(args.token_file) if args.token_file else None)
+
+    async def main() -> int:
+        async with RouterClient(args.router, token) as client:
+            return await run(client, args)
+
+    try:
+        return asyncio.run(main())
+    except RouterError as error:
+        where = f" (field {error.field})" if error.field else ""
+        print(f"error: {error.message}{where}", file=sys.stderr)
+        return 1
+    except (OSError, TimeoutError) as error:
+        print(f"error: cannot reach the router at {args.router}: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, ValidationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+async def _submit(client: RouterClient, args: argparse.Namespace) -> int:
+    task = wire.SubmitTask(
+        namespace=args.namespace, fleet=args.fleet, capability=args.capability, input=json.loads(args.input_text),
+        priority=args.priority, timeout=args.timeout, maxAttempts=args.max_attempts,
+        idempotencyKey=args.idempotency_key, parentTaskId=args.parent,
+    )
+    submitted = await client.submit(task)
+    if not args.wait:
+        _show(args, submitted, f"{submitted.task.id} {'submitted' if submitted.created else 'already known'}")
+        return 0
+    final = await _wait_for(client, submitted.task.id, parse_duration(args.wait_timeout))
+    _show_task(args, final)
+    return 0 if final.phase == "Succeeded" else 1
+
+
+async def _get(client: RouterClient, args: argparse.Namespace) -> int:
+    _show_task(args, await client.get(args.task_id))
+    return 0
+
+
+async def _list(client: RouterClient, args: argparse.Namespace) -> int:
+    page = await client.list(namespace=args.namespace, fleet=args.fleet, phase=args.phase,
+                             parent=args.parent, limit=args.limit)
+    if args.output == "json":
+        print(page.model_dump_json(indent=2))
+        return 0
+    rows = [("ID", "FLEET", "CAPABILITY", "PRIORITY", "PHASE", "ATTEMPTS", "AGE")]
+    now = time.time()
+    for task in page.tasks:
+        rows.append((task.id, task.fleet, task.capability, str(task.priority), task.phase,
+                     f"{task.attempt}/{task.maxAttempts}", _age(now - task.createdAt)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+async def _wait(client: RouterClient, args: argparse.Namespace) -> int:
+    final = await _wait_for(client, args.task_id, parse_duration(args.timeout))
+    _show_task(args, final)
+    return 0 if final.phase == "Succeeded" else 1
+
+
+async def _cancel(client: RouterClient, args: argparse.Namespace) -> int:
+    task = await client.cancel(args.task_id)
+    _show(args, task, f"{task.id} {task.phase.lower()}")
+    return 0
+
+
+async def _wait_for(client: RouterClient, task_id: str, wait_seconds: float) -> wire.Task:
+    deadline = time.monotonic() + wait_seconds
+    task = await client.get(task_id)
+    while task.phase not in TERMINAL_PHASES and time.monotonic() < deadline:
+        task = await client.wait(task_id, min(60.0, max(1.0, deadline - time.monotonic())))
+    return task
+
+
+def _show(args: argparse.Namespace, model: BaseModel, text: str) -> None:
+    print(model.model_dump_json(indent=2) if args.output == "json" else text)
+
+
+def _show_task(args: argparse.Namespace, task: wire.Task) -> None:
+    if args.output == "json":
+        print(task.model_dump_json(indent=2))
+        return
+    lines: list[tuple[str, Any]] = [
+        ("ID", task.id), ("Fleet", f"{task.namespace}/{task.fleet}"), ("Capability", task.capability),
+        ("Priority", task.priority), ("Phase", task.phase),
+        ("Attempts", f"{task.attempt}/{task.maxAttempts}"), ("Trace", task.traceId),
+        ("Created", _time(task.createdAt)),
+    ]
+    if task.parentTaskId:
+        lines.append(("Parent", task.parentTaskId))
+    if task.finishedAt:
+        lines.append(("Finished", _time(task.finishedAt)))
+    if task.error:
+        lines.append(("Error", task.error))
+    for attempt in task.attempts:
+        lines.append((f"Attempt {attempt.number}", f"{attempt.agent} {attempt.outcome or 'Running'}"
+                      + (f": {attempt.reason}" if attempt.reason else "")))
+    if task.usage:
+        lines.append(("Tokens", task.usage.totalTokens))
+    if task.result is not None:
+        lines.append(("Result", json.dumps(task.result)))
+    width = max(len(label) for label, _ in lines)
+    for label, value in lines:
+        print(f"{label + ':':<{width + 1}} {value}")
+
+
+def _time(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"

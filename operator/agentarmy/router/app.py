@@ -1,0 +1,330 @@
+"""The router's HTTP API (Starlette). One table of endpoints drives both the routes
+and the OpenAPI document, so the document cannot drift from what is served."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from agentarmy.api import wire
+from agentarmy.api.common import DNS_LABEL_PATTERN, parse_duration
+from agentarmy.api.task import TaskPhase
+from agentarmy.router import openapi
+from agentarmy.router.auth import Authenticator, Principal
+from agentarmy.router.errors import ApiError, bad_request, from_validation, unauthorized
+from agentarmy.router.service import RouterService
+from agentarmy.router.store.base import TaskQuery
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+JSON = "application/json"
+
+
+@dataclass
+class Call:
+    """What a handler gets: who is calling, the path parameters, the query and the body."""
+
+    principal: Principal
+    path: dict[str, str]
+    query: dict[str, str]
+    body: Any
+
+
+Handler = Callable[[RouterService, Call], Awaitable[BaseModel | tuple[int, BaseModel]]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    summary: str
+    handler: Handler
+    response: type[BaseModel]
+    request: type[BaseModel] | None = None
+    query: tuple[openapi.QueryParam, ...] = ()
+    status: int = 200
+    tag: str = "tasks"
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+async def submit(service: RouterService, call: Call) -> tuple[int, BaseModel]:
+    (item,) = await service.submit(call.principal, [call.body])
+    return (201 if item.created else 200), wire.SubmitResponse(task=item.task, created=item.created)
+
+
+async def submit_batch(service: RouterService, call: Call) -> BaseModel:
+    items = await service.submit(call.principal, call.body.tasks)
+    return wire.SubmitBatchResponse(
+        results=[wire.SubmitResponse(task=i.task, created=i.created) for i in items]
+    )
+
+
+async def get_task(service: RouterService, call: Call) -> BaseModel:
+    return await service.get(call.principal, call.path["task_id"])
+
+
+async def list_tasks(service: RouterService, call: Call) -> BaseModel:
+    limit = _int_query(call.query, "limit", 100, 1, 1000)
+    after = _int_query(call.query, "after", 0, 0, 2**62)
+    phase = call.query.get("phase")
+    if phase is not None and phase not in TaskPhase.__args__:  # type: ignore[attr-defined]
+        raise bad_request(f"phase must be one of {', '.join(TaskPhase.__args__)}", "phase")  # type: ignore[attr-defined]
+    query = TaskQuery(
+        namespace=call.query.get("namespace"), fleet=call.query.get("fleet"), phase=phase,
+        parent=call.query.get("parent"), after_seq=after, limit=limit,
+    )
+    tasks = await service.list_tasks(call.principal, query)
+    next_cursor = str(tasks[-1].seq) if len(tasks) == limit else None
+    return wire.TaskList(tasks=tasks, next=next_cursor)
+
+
+async def cancel_task(service: RouterService, call: Call) -> BaseModel:
+    return await service.cancel(call.principal, call.path["task_id"])
+
+
+async def wait_task(service: RouterService, call: Call) -> BaseModel:
+    raw = call.query.get("timeout", "30s")
+    try:
+        timeout = parse_duration(raw)
+    except ValueError as error:
+        raise bad_request(str(error), "timeout") from error
+    if timeout > wire.MAX_WAIT_SECONDS:
+        raise bad_request(f"timeout must be at most {wire.MAX_WAIT_SECONDS:.0f}s", "timeout")
+    return await service.wait(call.principal, call.path["task_id"], timeout)
+
+
+async def register(service: RouterService, call: Call) -> BaseModel:
+    return await service.register(call.principal, call.body)
+
+
+async def claim(service: RouterService, call: Call) -> BaseModel:
+    return await service.claim(call.principal, call.path["namespace"], call.path["name"], call.body)
+
+
+async def heartbeat(service: RouterService, call: Call) -> BaseModel:
+    return await service.heartbeat(call.principal, call.path["namespace"], call.path["name"], call.body)
+
+
+async def report(service: RouterService, call: Call) -> BaseModel:
+    acks = await service.report(call.principal, call.path["namespace"], call.path["name"], call.body.results)
+    return wire.ReportResponse(results=acks)
+
+
+async def extend_one(service: RouterService, call: Call) -> BaseModel:
+    ref = wire.LeaseRef(taskId=call.path["task_id"], attempt=call.body.attempt)
+    return await service.extend_one(call.principal, call.path["namespace"], call.path["name"], ref)
+
+
+async def complete_one(service: RouterService, call: Call) -> BaseModel:
+    body: wire.CompleteRequest = call.body
+    result = wire.TaskResult(
+        taskId=call.path["task_id"], attempt=body.attempt, outcome="succeeded", result=body.result,
+        usage=body.usage,
+    )
+    return await service.report_one(call.principal, call.path["namespace"], call.path["name"], result)
+
+
+async def fail_one(service: RouterService, call: Call) -> BaseModel:
+    body: wire.FailRequest = call.body
+    result = wire.TaskResult(
+        taskId=call.path["task_id"], attempt=body.attempt, outcome="failed", error=body.error,
+        retryable=body.retryable,
+    )
+    return await service.report_one(call.principal, call.path["namespace"], call.path["name"], result)
+
+
+async def hand_off(service: RouterService, call: Call) -> tuple[int, BaseModel]:
+    item = await service.hand_off(
+        call.principal, call.path["namespace"], call.path["name"], call.path["task_id"], call.body
+    )
+    return (201 if item.created else 200), wire.SubmitResponse(task=item.task, created=item.created)
+
+
+async def stats(service: RouterService, call: Call) -> BaseModel:
+    return await service.stats(call.principal)
+
+
+def _int_query(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be an integer", name) from None
+    if not low <= value <= high:
+        raise bad_request(f"{name} must be between {low} and {high}", name)
+    return value
+
+
+AGENT = "/v1/agents/{namespace}/{name}"
+LEASE = AGENT + "/tasks/{task_id}"
+Q = openapi.QueryParam
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("POST", "/v1/tasks", "Submit a task (idempotent by idempotencyKey); 201 new, 200 known",
+             submit, wire.SubmitResponse, wire.SubmitTask, status=201),
+    Endpoint("POST", "/v1/tasks:batch", "Submit up to 1000 tasks in one durable write",
+             submit_batch, wire.SubmitBatchResponse, wire.SubmitBatchRequest),
+    Endpoint("GET", "/v1/tasks", "List tasks in submission order", list_tasks, wire.TaskList,
+             query=(Q("namespace", {"type": "string", "pattern": DNS_LABEL_PATTERN}),
+                    Q("fleet", {"type": "string", "pattern": DNS_LABEL_PATTERN}),
+                    Q("phase", {"type": "string", "enum": list(TaskPhase.__args__)}),  # type: ignore[attr-defined]
+                    Q("parent", {"type": "string", "maxLength": 64}),
+                    Q("after", {"type": "integer", "minimum": 0, "maximum": 2**62},
+                      "Cursor: the `next` of the previous page"),
+                    Q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}))),
+    Endpoint("GET", "/v1/tasks/{task_id}", "Get a task", get_task, wire.Task),
+    Endpoint("POST", "/v1/tasks/{task_id}/cancel", "Cancel a task; a running attempt learns it on"
+             " its next heartbeat", cancel_task, wire.Task),
+    Endpoint("GET", "/v1/tasks/{task_id}/wait", "Wait until the task has ended (or timeout)",
+             wait_task, wire.Task,
+             query=(Q("timeout", {"type": "string", "pattern": r"^([0-9]{1,2}(ms|s))$"},
+                      "Duration, at most 60s (default 30s)"),)),
+    Endpoint("POST", "/v1/agents", "Register (or re-register) an agent", register, wire.AgentInfo,
+             wire.RegisterAgent, tag="agents"),
+    Endpoint("POST", AGENT + "/claim", "Record results, then lease up to `max` tasks (long-poll)",
+             claim, wire.ClaimResponse, wire.ClaimRequest, tag="agents"),
+    Endpoint("POST", AGENT + "/heartbeat", "Liveness and lease renewal for the agent's tasks",
+             heartbeat, wire.HeartbeatResponse, wire.HeartbeatRequest, tag="agents"),
+    Endpoint("POST", AGENT + "/results", "Record results of many attempts", report,
+             wire.ReportResponse, wire.ReportRequest, tag="agents"),
+    Endpoint("POST", LEASE + "/heartbeat", "Extend one lease; 409 if its fencing token is stale",
+             extend_one, wire.LeaseStatus, wire.AttemptRequest, tag="agents"),
+    Endpoint("POST", LEASE + "/complete", "Complete one attempt; 409 if its fencing token is stale",
+             complete_one, wire.ResultAck, wire.CompleteRequest, tag="agents"),
+    Endpoint("POST", LEASE + "/fail", "Fail one attempt with a reason; 409 if stale",
+             fail_one, wire.ResultAck, wire.FailRequest, tag="agents"),
+    Endpoint("POST", LEASE + "/subtasks", "Hand off a subtask to another fleet (carries the parent id)",
+             hand_off, wire.SubmitResponse, wire.SubtaskRequest, status=201, tag="agents"),
+    Endpoint("GET", "/v1/stats", "Per-fleet queue depth, agents and error rate per template hash",
+             stats, wire.Stats, tag="operator"),
+)
+
+
+# -- plumbing ---------------------------------------------------------------------------------
+
+
+def error_response(error: ApiError) -> Response:
+    return Response(error.body().model_dump_json(exclude_none=True), error.status, media_type=JSON)
+
+
+async def _principal(request: Request, authenticator: Authenticator) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized("send an Authorization: Bearer <token> header")
+    try:
+        principal = await authenticator.authenticate(token.strip())
+    except Exception as error:
+        log.warning("authentication backend failed: %s", error)
+        raise ApiError(503, "AuthUnavailable", "cannot check the token right now; retry") from error
+    if principal is None:
+        raise unauthorized("the bearer token is not valid for this router")
+    return principal
+
+
+async def _body(request: Request, model: type[BaseModel]) -> BaseModel:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, "TooLarge", f"request body is larger than {MAX_BODY_BYTES} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, "TooLarge", f"request body is larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise bad_request("request body is empty; send a JSON object")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as error:
+        raise from_validation(error) from None
+
+
+def _route(service: RouterService, authenticator: Authenticator, endpoint: Endpoint) -> Route:
+    async def handle(request: Request) -> Response:
+        try:
+            principal = await _principal(request, authenticator)
+            body = await _body(request, endpoint.request) if endpoint.request else None
+            path = {k: str(v) for k, v in request.path_params.items()}
+            _check_path(path)
+            call = Call(principal, path, dict(request.query_params), body)
+            outcome = await endpoint.handler(service, call)
+        except ApiError as error:
+            return error_response(error)
+        except Exception:
+            log.exception("%s %s failed", endpoint.method, endpoint.path)
+            return error_response(ApiError(503, "Unavailable", "the router could not do that now; retry"))
+        status, model = outcome if isinstance(outcome, tuple) else (endpoint.status, outcome)
+        return Response(model.model_dump_json(), status, media_type=JSON)
+
+    return Route(endpoint.path, handle, methods=[endpoint.method], name=endpoint.handler.__name__)
+
+
+def _check_path(path: dict[str, str]) -> None:
+    import re
+
+    for key in ("namespace", "name"):
+        if key in path and not re.fullmatch(DNS_LABEL_PATTERN, path[key]):
+            raise bad_request(f"{key} in the path must be a DNS label", key)
+    if "task_id" in path and (len(path["task_id"]) > 64 or not path["task_id"]):
+        raise bad_request("task id in the path must be 1-64 characters", "task_id")
+
+
+def create_app(service: RouterService, authenticator: Authenticator) -> Starlette:
+    document = openapi.build(ENDPOINTS)
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(document)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def readyz(request: Request) -> Response:
+        return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        try:
+            await _principal(request, authenticator)
+        except ApiError as error:
+            return error_response(error)
+        return Response(await service.render_metrics(), media_type="text/plain; version=0.0.4")
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(ApiError(404, "NotFound", f"no route for {request.url.path}"))
+
+    async def wrong_method(request: Request, exc: Exception) -> Response:
+        return error_response(ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed here"))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    routes = [_route(service, authenticator, e) for e in ENDPOINTS] + [
+        Route("/openapi.json", openapi_json),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+    ]
+    return Starlette(
+        routes=routes, lifespan=lifespan,
+        exception_handlers={404: not_found, 405: wrong_method},
+    )

@@ -1,0 +1,159 @@
+"""Async client of the router API, used by the agent runtime, armyctl, tests and benchmarks."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from pydantic import BaseModel
+
+from agentarmy.api import wire
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class RouterError(Exception):
+    """The router answered with an error (its JSON error body, parsed)."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+class TokenSource:
+    """A bearer token from a file (re-read when it changes: projected tokens rotate) or a string."""
+
+    def __init__(self, token: str | None = None, path: Path | None = None) -> None:
+        self._token = token
+        self._path = path
+        self._mtime = -1.0
+
+    def get(self) -> str:
+        if self._path is not None:
+            mtime = self._path.stat().st_mtime
+            if mtime != self._mtime:
+                self._token = self._path.read_text().strip()
+                self._mtime = mtime
+        return self._token or ""
+
+
+class RouterClient:
+    def __init__(
+        self, base_url: str, token: TokenSource | str, ca_file: str | None = None,
+        timeout: float = 90.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token if isinstance(token, TokenSource) else TokenSource(token)
+        self.ca_file = ca_file
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> RouterClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            ssl_context: ssl.SSLContext | bool = True
+            if self.ca_file:
+                ssl_context = ssl.create_default_context(cafile=self.ca_file)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ssl=ssl_context),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+            )
+        return self._session
+
+    async def request(
+        self, method: str, path: str, response: type[M], body: BaseModel | None = None,
+        params: dict[str, str] | None = None,
+    ) -> M:
+        _, payload = await self.raw(method, path, body, params)
+        return response.model_validate_json(payload)
+
+    async def raw(
+        self, method: str, path: str, body: BaseModel | None = None, params: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {self.token.get()}"}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = body.model_dump_json(exclude_none=True).encode()
+        async with self._client().request(
+            method, self.base_url + path, data=data, headers=headers, params=params
+        ) as reply:
+            payload = await reply.read()
+            if reply.status >= 400:
+                raise _error(reply.status, payload)
+            return reply.status, payload
+
+    # -- callers ----------------------------------------------------------------------------
+
+    async def submit(self, task: wire.SubmitTask) -> wire.SubmitResponse:
+        return await self.request("POST", "/v1/tasks", wire.SubmitResponse, task)
+
+    async def submit_batch(self, tasks: Sequence[wire.SubmitTask]) -> wire.SubmitBatchResponse:
+        body = wire.SubmitBatchRequest(tasks=list(tasks))
+        return await self.request("POST", "/v1/tasks:batch", wire.SubmitBatchResponse, body)
+
+    async def get(self, task_id: str) -> wire.Task:
+        return await self.request("GET", f"/v1/tasks/{task_id}", wire.Task)
+
+    async def list(self, **filters: Any) -> wire.TaskList:
+        params = {k: str(v) for k, v in filters.items() if v is not None}
+        return await self.request("GET", "/v1/tasks", wire.TaskList, params=params)
+
+    async def cancel(self, task_id: str) -> wire.Task:
+        return await self.request("POST", f"/v1/tasks/{task_id}/cancel", wire.Task)
+
+    async def wait(self, task_id: str, timeout_seconds: float = 30.0) -> wire.Task:
+        timeout = f"{max(1, min(60, int(timeout_seconds)))}s"
+        return await self.request("GET", f"/v1/tasks/{task_id}/wait", wire.Task, params={"timeout": timeout})
+
+    async def stats(self) -> wire.Stats:
+        return await self.request("GET", "/v1/stats", wire.Stats)
+
+    # -- agents -----------------------------------------------------------------------------
+
+    async def register(self, agent: wire.RegisterAgent) -> wire.AgentInfo:
+        return await self.request("POST", "/v1/agents", wire.AgentInfo, agent)
+
+    async def claim(self, namespace: str, name: str, request: wire.ClaimRequest) -> wire.ClaimResponse:
+        return await self.request("POST", f"/v1/agents/{namespace}/{name}/claim", wire.ClaimResponse, request)
+
+    async def heartbeat(
+        self, namespace: str, name: str, request: wire.HeartbeatRequest
+    ) -> wire.HeartbeatResponse:
+        path = f"/v1/agents/{namespace}/{name}/heartbeat"
+        return await self.request("POST", path, wire.HeartbeatResponse, request)
+
+    async def report(self, namespace: str, name: str, results: Sequence[wire.TaskResult]) -> wire.ReportResponse:
+        body = wire.ReportRequest(results=list(results))
+        return await self.request("POST", f"/v1/agents/{namespace}/{name}/results", wire.ReportResponse, body)
+
+    async def hand_off(
+        self, namespace: str, name: str, parent: wire.LeaseRef, task: wire.SubmitTask
+    ) -> wire.SubmitResponse:
+        path = f"/v1/agents/{namespace}/{name}/tasks/{parent.taskId}/subtasks"
+        body = wire.SubtaskRequest(attempt=parent.attempt, task=task)
+        return await self.request("POST", path, wire.SubmitResponse, body)
+
+
+def _error(status: int, payload: bytes) -> RouterError:
+    try:
+        detail = wire.ErrorResponse.model_validate_json(payload).error
+    except ValueError:
+        return RouterError(status, "HttpError", payload[:200].decode(errors="replace"))
+    return RouterError(status, detail.code, detail.message, detail.field)

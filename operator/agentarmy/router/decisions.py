@@ -1,0 +1,76 @@
+"""Structured decision logs: one JSON line per decision, with ids a person can follow.
+
+Events: assigned, succeeded, retried, dead-lettered, failed, released, cancelled,
+stale (a refused fencing token). Each line carries taskId, traceId, namespace,
+fleet, attempt and agent, so ``grep <traceId>`` follows a task from submit to result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from agentarmy.api.wire import Task
+
+decision_log = logging.getLogger("agentarmy.router.decisions")
+
+_EVENT_BY_PHASE = {
+    "Succeeded": "succeeded", "DeadLettered": "dead-lettered", "Failed": "failed",
+    "Cancelled": "cancelled",
+}
+
+
+def decide(event: str, task: Task, **fields: Any) -> None:
+    if not decision_log.isEnabledFor(logging.INFO):
+        return
+    record = {
+        "event": event, "taskId": task.id, "traceId": task.traceId, "namespace": task.namespace,
+        "fleet": task.fleet, "attempt": task.attempt, "agent": task.agent, **fields,
+    }
+    decision_log.info("%s", event, extra={"decision": record})
+
+
+def attempt_ended(task: Task) -> None:
+    """Log what happened to a task whose attempt just ended."""
+    last = task.attempts[-1] if task.attempts else None
+    reason = last.reason if last else ""
+    outcome = last.outcome if last else None
+    if task.phase == "Queued":
+        event = "released" if outcome == "Released" else "retried"
+        decide(event, task, reason=reason, outcome=outcome, retryAt=round(task.availableAt, 3))
+    else:
+        decide(_EVENT_BY_PHASE.get(task.phase, task.phase), task, reason=task.error, outcome=outcome)
+
+
+class JsonFormatter(logging.Formatter):
+    """Every log line as one JSON object; decision fields go at the top level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        decision = getattr(record, "decision", None)
+        if decision is not None:
+            line.update(decision)
+        else:
+            line["msg"] = record.getMessage()
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, separators=(",", ":"), default=str)
+
+
+def configure_json_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+def now() -> float:
+    return time.time()

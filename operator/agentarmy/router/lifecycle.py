@@ -1,0 +1,232 @@
+"""A task's life as pure functions: every state change the router makes, with no I/O.
+
+Both store backends load a task, apply one of these, and write it back under their
+own concurrency control (one SQLite writer; compare-and-swap in NATS KV), so the
+rules — fencing, backoff, dead letter — exist exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from agentarmy.api import wire
+from agentarmy.api.common import parse_duration
+from agentarmy.api.task import TERMINAL_PHASES
+from agentarmy.api.wire import Attempt, AttemptOutcome, Task
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff between attempts: base, 2*base, 4*base ...  up to cap."""
+
+    base_seconds: float = 1.0
+    cap_seconds: float = 300.0
+
+    def delay(self, task_id: str, failures: int) -> float:
+        raw = min(self.cap_seconds, self.base_seconds * 2.0 ** max(0, failures - 1))
+        # Deterministic jitter (±20%) so tasks that failed together do not return together.
+        digest = hashlib.blake2b(f"{task_id}:{failures}".encode(), digest_size=2).digest()
+        spread = 0.8 + 0.4 * int.from_bytes(digest, "big") / 0xFFFF
+        return raw * spread
+
+
+def agent_id(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def new_trace_id() -> str:
+    return secrets.token_hex(16)
+
+
+def new_task_id() -> str:
+    return "t-" + secrets.token_hex(12)
+
+
+def new_task(request: wire.SubmitTask, task_id: str, seq: int, now: float) -> Task:
+    return Task(
+        id=task_id,
+        namespace=request.namespace,
+        fleet=request.fleet,
+        capability=request.capability,
+        input=request.input,
+        priority=request.priority,
+        timeout=request.timeout,
+        maxAttempts=request.maxAttempts,
+        idempotencyKey=request.idempotencyKey,
+        parentTaskId=request.parentTaskId,
+        traceId=request.traceId or new_trace_id(),
+        phase="Queued",
+        seq=seq,
+        createdAt=now,
+        availableAt=now,
+    )
+
+
+def is_terminal(task: Task) -> bool:
+    return task.phase in TERMINAL_PHASES
+
+
+def counted_failures(task: Task) -> int:
+    """Attempts that count against maxAttempts (releases by a draining agent do not)."""
+    return sum(1 for a in task.attempts if a.outcome in wire.COUNTED_OUTCOMES)
+
+
+def fence_problem(task: Task, ref: wire.LeaseRef, holder: str) -> str | None:
+    """Why a heartbeat/result for ``ref`` from ``holder`` must be refused, or None if it holds."""
+    if task.phase == "Cancelled":
+        return f"task {task.id} was cancelled"
+    if task.phase != "Running" or task.attempt != ref.attempt:
+        return (
+            f"lease for attempt {ref.attempt} of task {task.id} is stale: "
+            f"the task is {task.phase} at attempt {task.attempt}"
+        )
+    if task.agent != holder:
+        return f"lease for attempt {ref.attempt} of task {task.id} is held by {task.agent}, not {holder}"
+    return None
+
+
+def start_attempt(
+    task: Task, holder: str, template_hash: str, now: float, lease_seconds: float
+) -> Task:
+    number = task.attempt + 1
+    attempt = Attempt(number=number, agent=holder, templateHash=template_hash, startedAt=now)
+    return task.model_copy(
+        update={
+            "phase": "Running",
+            "agent": holder,
+            "attempt": number,
+            "leaseExpiresAt": now + lease_seconds,
+            "deadlineAt": now + parse_duration(task.timeout),
+            "attempts": [*task.attempts, attempt],
+        }
+    )
+
+
+def to_lease(task: Task) -> wire.Lease:
+    assert task.leaseExpiresAt is not None and task.deadlineAt is not None
+    return wire.Lease(
+        taskId=task.id,
+        attempt=task.attempt,
+        capability=task.capability,
+        input=task.input,
+        priority=task.priority,
+        traceId=task.traceId,
+        parentTaskId=task.parentTaskId,
+        leaseExpiresAt=task.leaseExpiresAt,
+        deadlineAt=task.deadlineAt,
+    )
+
+
+def extend_lease(task: Task, now: float, lease_seconds: float) -> Task:
+    return task.model_copy(update={"leaseExpiresAt": now + lease_seconds})
+
+
+def _end_attempt(task: Task, outcome: AttemptOutcome, reason: str, now: float) -> list[Attempt]:
+    last = task.attempts[-1].model_copy(update={"endedAt": now, "outcome": outcome, "reason": reason})
+    return [*task.attempts[:-1], last]
+
+
+def succeed(task: Task, result: dict[str, object] | None, usage: wire.TokenUsage | None, now: float) -> Task:
+    return task.model_copy(
+        update={
+            "phase": "Succeeded",
+            "attempts": _end_attempt(task, "Succeeded", "", now),
+            "result": result or {},
+            "usage": usage,
+            "error": "",
+            "leaseExpiresAt": None,
+            "deadlineAt": None,
+            "finishedAt": now,
+        }
+    )
+
+
+def fail(
+    task: Task,
+    outcome: AttemptOutcome,
+    reason: str,
+    now: float,
+    policy: RetryPolicy,
+    retryable: bool = True,
+) -> Task:
+    """End the running attempt badly: re-queue with backoff, dead-letter, or fail for good."""
+    attempts = _end_attempt(task, outcome, reason, now)
+    ended = task.model_copy(
+        update={"attempts": attempts, "leaseExpiresAt": None, "deadlineAt": None, "error": reason}
+    )
+    if outcome == "Released":
+        return ended.model_copy(update={"phase": "Queued", "availableAt": now})
+    if not retryable:
+        return ended.model_copy(
+            update={"phase": "Failed", "finishedAt": now, "error": f"not retryable: {reason}"}
+        )
+    failures = counted_failures(ended)
+    if failures >= task.maxAttempts:
+        summary = "; ".join(f"attempt {a.number}: {a.outcome}: {a.reason}" for a in attempts if a.outcome)
+        return ended.model_copy(
+            update={
+                "phase": "DeadLettered",
+                "finishedAt": now,
+                "error": f"gave up after {failures} failed attempts ({summary})"[: wire.MAX_ERROR_CHARS],
+            }
+        )
+    delay = policy.delay(task.id, failures)
+    return ended.model_copy(update={"phase": "Queued", "availableAt": now + delay})
+
+
+def expire(task: Task, now: float, policy: RetryPolicy) -> Task | None:
+    """The task after its lease ran out or its attempt timed out, or None while it is fine."""
+    if task.phase != "Running":
+        return None
+    if task.deadlineAt is not None and now >= task.deadlineAt:
+        return fail(task, "TimedOut", f"attempt exceeded its timeout of {task.timeout}", now, policy)
+    if task.leaseExpiresAt is not None and now >= task.leaseExpiresAt:
+        return fail(task, "LeaseExpired", f"agent {task.agent} stopped renewing its lease", now, policy)
+    return None
+
+
+def cancel(task: Task, now: float) -> Task | None:
+    """The cancelled task, or None when it had already ended."""
+    if is_terminal(task):
+        return None
+    update: dict[str, object] = {
+        "phase": "Cancelled", "finishedAt": now, "leaseExpiresAt": None, "deadlineAt": None,
+        "error": "cancelled",
+    }
+    if task.phase == "Running":
+        update["attempts"] = _end_attempt(task, "Cancelled", "cancelled by a caller", now)
+    return task.model_copy(update=update)
+
+
+def apply_result(
+    task: Task, report: wire.TaskResult, holder: str, now: float, policy: RetryPolicy
+) -> tuple[Task | None, wire.ResultAck]:
+    """Record an agent's report if its fencing token holds; the new task (or None) and the ack."""
+    problem = fence_problem(task, report, holder)
+    if problem is not None:
+        ack = wire.ResultAck(
+            taskId=report.taskId, attempt=report.attempt, status="stale", phase=task.phase,
+            message=problem,
+        )
+        return None, ack
+    if report.outcome == "succeeded":
+        updated = succeed(task, report.result, report.usage, now)
+    elif report.outcome == "released":
+        updated = fail(task, "Released", report.error or "agent released the lease", now, RetryPolicy())
+    else:
+        updated = fail(task, "Failed", report.error or "failed", now, policy, report.retryable)
+    if report.usage is not None and report.outcome != "succeeded":
+        updated = updated.model_copy(update={"usage": report.usage})
+    ack = wire.ResultAck(
+        taskId=report.taskId, attempt=report.attempt, status="recorded", phase=updated.phase
+    )
+    return updated, ack
+
+
+def restart_grace(task: Task, now: float, lease_seconds: float) -> Task | None:
+    """After a router restart, running leases get a fresh period so agents can heartbeat again."""
+    if task.phase != "Running":
+        return None
+    return extend_lease(task, now, lease_seconds)

@@ -1,0 +1,285 @@
+"""The router's use cases, independent of HTTP: authorize, call the store, then tell
+dispatch, waiters, metrics and the decision log what changed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from agentarmy.api import wire
+from agentarmy.api.wire import AgentInfo, Task
+from agentarmy.router import decisions, lifecycle
+from agentarmy.router.auth import Principal
+from agentarmy.router.dispatcher import Dispatcher
+from agentarmy.router.errors import ApiError, bad_request, not_found, stale_lease
+from agentarmy.router.metrics import RouterMetrics
+from agentarmy.router.store.base import Submitted, TaskQuery, TaskStore, UnknownAgent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    reap_interval: float = 0.5
+    """How often expired leases are collected and waiting agents re-checked (backoff ends)."""
+
+
+class RouterService:
+    def __init__(
+        self, store: TaskStore, settings: ServiceSettings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.settings = settings or ServiceSettings()
+        self.clock = clock
+        self.metrics = RouterMetrics()
+        self.dispatcher = Dispatcher(store, clock, self._on_claimed)
+        self._result_waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        self._reaper: asyncio.Task[None] | None = None
+        self.ready = False
+        listener = getattr(store, "listener", "absent")
+        if listener != "absent":  # NATS: hear about other replicas' changes
+            store.listener = self._on_foreign_change  # type: ignore[attr-defined]
+
+    async def start(self) -> None:
+        await self.store.open(self.clock())
+        self._reaper = asyncio.create_task(self._reap_forever(), name="lease-reaper")
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        await self.store.close()
+
+    # -- callers ----------------------------------------------------------------------------
+
+    async def submit(self, principal: Principal, requests: Sequence[wire.SubmitTask]) -> list[Submitted]:
+        for index, request in enumerate(requests):
+            try:
+                principal.check_caller(request.namespace)
+            except ApiError as error:
+                error.message = f"tasks[{index}]: {error.message}" if len(requests) > 1 else error.message
+                raise
+        submitted = await self.store.submit(requests, self.clock())
+        self._after_submit(submitted)
+        return submitted
+
+    def _after_submit(self, submitted: Sequence[Submitted]) -> None:
+        fleets = set()
+        for item in submitted:
+            if item.created:
+                self.metrics.submitted.labels(item.task.namespace, item.task.fleet).inc()
+                fleets.add((item.task.namespace, item.task.fleet))
+        for namespace, fleet in fleets:
+            self.dispatcher.notify(namespace, fleet)
+
+    async def get(self, principal: Principal, task_id: str) -> Task:
+        task = await self.store.get(task_id)
+        if task is None:
+            raise not_found(f"task {task_id} does not exist")
+        principal.check_caller(task.namespace)
+        return task
+
+    async def list_tasks(self, principal: Principal, query: TaskQuery) -> list[Task]:
+        if principal.role == "client" and principal.namespace is not None:
+            if query.namespace is None:
+                query = TaskQuery(**{**query.__dict__, "namespace": principal.namespace})
+            principal.check_caller(query.namespace or "")
+        elif principal.role == "agent":
+            principal.check_caller(query.namespace or "")
+        return await self.store.list_tasks(query)
+
+    async def cancel(self, principal: Principal, task_id: str) -> Task:
+        await self.get(principal, task_id)
+        outcome = await self.store.cancel(task_id, self.clock())
+        if outcome is None:
+            raise not_found(f"task {task_id} does not exist")
+        task, changed = outcome
+        if changed:
+            decisions.decide("cancelled", task)
+            self.metrics.attempt_ended(task)
+            self._wake_result_waiters(task)
+        return task
+
+    async def wait(self, principal: Principal, task_id: str, wait_seconds: float) -> Task:
+        """The task once it has ended, or as it is when ``wait_seconds`` run out."""
+        task = await self.get(principal, task_id)
+        deadline = self.clock() + wait_seconds
+        while not lifecycle.is_terminal(task):
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                break
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._result_waiters[task_id].append(future)
+            # Re-check now that we listen (the result may have landed in between); poll
+            # at most every 2 s in case another replica recorded it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, min(remaining, 2.0))
+            waiters = self._result_waiters.get(task_id)
+            if waiters is not None and future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    del self._result_waiters[task_id]
+            task = await self.get(principal, task_id)
+        return task
+
+    def _wake_result_waiters(self, task: Task) -> None:
+        if not lifecycle.is_terminal(task):
+            return
+        for future in self._result_waiters.pop(task.id, []):
+            if not future.done():
+                future.set_result(None)
+
+    # -- agents -----------------------------------------------------------------------------
+
+    async def register(self, principal: Principal, registration: wire.RegisterAgent) -> AgentInfo:
+        principal.check_agent(registration.namespace, registration.name, registration.fleet)
+        info = await self.store.register(registration, self.clock())
+        log.info("agent %s/%s registered for fleet %s", info.namespace, info.name, info.fleet)
+        self.dispatcher.notify(info.namespace, info.fleet)
+        return info
+
+    async def _agent(self, principal: Principal, namespace: str, name: str) -> AgentInfo:
+        agent = await self.store.get_agent(namespace, name)
+        if agent is None:
+            raise not_found(f"agent {namespace}/{name} is not registered; register it first")
+        principal.check_agent(namespace, name, agent.fleet)
+        return agent
+
+    async def claim(
+        self, principal: Principal, namespace: str, name: str, request: wire.ClaimRequest
+    ) -> wire.ClaimResponse:
+        agent = await self._agent(principal, namespace, name)
+        acks = await self._report(agent, request.results) if request.results else []
+        if not agent.ready:
+            raise ApiError(409, "AgentDraining", f"agent {namespace}/{name} said it is draining")
+        tasks = await self.dispatcher.claim(agent, request.max, request.waitSeconds)
+        return wire.ClaimResponse(tasks=[lifecycle.to_lease(t) for t in tasks], results=acks)
+
+    def _on_claimed(self, agent: AgentInfo, tasks: list[Task]) -> None:
+        now = self.clock()
+        for task in tasks:
+            self.metrics.assigned(task, now)
+            decisions.decide("assigned", task, templateHash=agent.templateHash)
+
+    async def heartbeat(
+        self, principal: Principal, namespace: str, name: str, request: wire.HeartbeatRequest
+    ) -> wire.HeartbeatResponse:
+        agent = await self._agent(principal, namespace, name)
+        if request.draining:
+            self.dispatcher.end_waits(namespace, name)
+        try:
+            statuses = await self.store.heartbeat(agent, request.leases, request.draining, self.clock())
+        except UnknownAgent as error:
+            raise not_found(f"agent {error} is not registered; register it first") from error
+        for status in statuses:
+            if status.status == "stale":
+                self.metrics.stale_reports.labels(namespace, agent.fleet).inc()
+        return wire.HeartbeatResponse(leases=statuses)
+
+    async def report(
+        self, principal: Principal, namespace: str, name: str, results: Sequence[wire.TaskResult]
+    ) -> list[wire.ResultAck]:
+        agent = await self._agent(principal, namespace, name)
+        return await self._report(agent, results)
+
+    async def _report(self, agent: AgentInfo, results: Sequence[wire.TaskResult]) -> list[wire.ResultAck]:
+        reported = await self.store.report(agent, results, self.clock())
+        requeued = False
+        for item in reported:
+            if item.task is None:
+                self.metrics.stale_reports.labels(agent.namespace, agent.fleet).inc()
+                log.info("stale report from %s/%s: %s", agent.namespace, agent.name, item.ack.message)
+                continue
+            self._attempt_ended(item.task)
+            requeued = requeued or item.task.phase == "Queued"
+        if requeued:
+            self.dispatcher.notify(agent.namespace, agent.fleet)
+        return [item.ack for item in reported]
+
+    async def report_one(
+        self, principal: Principal, namespace: str, name: str, result: wire.TaskResult
+    ) -> wire.ResultAck:
+        """One result for the single-task endpoints: a stale fencing token is a 409."""
+        (ack,) = await self.report(principal, namespace, name, [result])
+        if ack.status == "stale":
+            raise stale_lease(ack.message)
+        return ack
+
+    async def extend_one(
+        self, principal: Principal, namespace: str, name: str, ref: wire.LeaseRef
+    ) -> wire.LeaseStatus:
+        response = await self.heartbeat(principal, namespace, name, wire.HeartbeatRequest(leases=[ref]))
+        (status,) = response.leases
+        if status.status != "extended":
+            raise stale_lease(status.message)
+        return status
+
+    async def hand_off(
+        self, principal: Principal, namespace: str, name: str, parent_id: str,
+        request: wire.SubtaskRequest,
+    ) -> Submitted:
+        """A subtask for another fleet, submitted by the agent holding the parent's lease."""
+        agent = await self._agent(principal, namespace, name)
+        parent = await self.store.get(parent_id)
+        if parent is None:
+            raise not_found(f"task {parent_id} does not exist")
+        ref = wire.LeaseRef(taskId=parent_id, attempt=request.attempt)
+        problem = lifecycle.fence_problem(parent, ref, lifecycle.agent_id(namespace, name))
+        if problem is not None:
+            raise stale_lease(problem)
+        if request.task.namespace != agent.namespace:
+            raise bad_request("a hand-off stays in the agent's namespace", "task.namespace")
+        child = request.task.model_copy(
+            update={"parentTaskId": parent_id, "traceId": request.task.traceId or parent.traceId}
+        )
+        (submitted,) = await self.store.submit([child], self.clock())
+        self._after_submit([submitted])
+        decisions.decide("handed-off", submitted.task, parent=parent_id)
+        return submitted
+
+    # -- operator ---------------------------------------------------------------------------
+
+    async def stats(self, principal: Principal) -> wire.Stats:
+        principal.check_admin()
+        return await self.store.stats(self.clock())
+
+    async def render_metrics(self) -> bytes:
+        depths = await self.store.queue_depths()
+        stats = await self.store.stats(self.clock())
+        return self.metrics.render(depths, stats)
+
+    # -- background -------------------------------------------------------------------------
+
+    def _attempt_ended(self, task: Task) -> None:
+        self.metrics.attempt_ended(task)
+        decisions.attempt_ended(task)
+        self._wake_result_waiters(task)
+
+    def _on_foreign_change(self, task: Task) -> None:
+        if task.phase == "Queued":
+            self.dispatcher.notify(task.namespace, task.fleet)
+        self._wake_result_waiters(task)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reap_interval)
+            try:
+                await self.reap()
+            except Exception:
+                log.exception("lease reaper failed; trying again next tick")
+
+    async def reap(self) -> None:
+        for task in await self.store.expire_due(self.clock()):
+            self._attempt_ended(task)
+            if task.phase == "Queued":
+                self.dispatcher.notify(task.namespace, task.fleet)
+        for namespace, fleet in self.dispatcher.waiting_fleets():
+            self.dispatcher.notify(namespace, fleet)  # retries whose backoff just ended

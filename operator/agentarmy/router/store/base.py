@@ -1,0 +1,130 @@
+"""The task store interface. Backends: SQLite (one router replica) and NATS JetStream (many).
+
+Every method that changes state returns only after the change is durable, so the
+router can acknowledge a caller right after it returns. The state rules live in
+:mod:`agentarmy.router.lifecycle`; a backend supplies storage and concurrency control.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from agentarmy.api import wire
+from agentarmy.api.wire import AgentInfo, Task
+from agentarmy.router.lifecycle import RetryPolicy
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (not a caller mistake)."""
+
+
+class UnknownAgent(LookupError):
+    """The agent has not registered (or its registration was lost)."""
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    lease_seconds: float = 30.0
+    """How long a claim or heartbeat keeps a lease."""
+    liveness_seconds: float = 60.0
+    """An agent without a heartbeat for this long is not live."""
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    task: Task
+    created: bool
+
+
+@dataclass(frozen=True)
+class Reported:
+    ack: wire.ResultAck
+    task: Task | None
+    """The task after the change, or None when the report was stale."""
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    namespace: str | None = None
+    fleet: str | None = None
+    phase: str | None = None
+    parent: str | None = None
+    after_seq: int | None = None
+    limit: int = 100
+
+
+QueueDepths = dict[tuple[str, str, int], int]
+"""(namespace, fleet, priority) -> queued tasks."""
+
+
+class TaskStore(abc.ABC):
+    """Durable tasks and agents. One instance per router process."""
+
+    def __init__(self, settings: StoreSettings) -> None:
+        self.settings = settings
+
+    @abc.abstractmethod
+    async def open(self, now: float) -> None:
+        """Connect/create; running leases get a fresh lease period (see lifecycle.restart_grace)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def submit(self, requests: Sequence[wire.SubmitTask], now: float) -> list[Submitted]:
+        """Store new tasks; a request whose idempotency key is known returns the earlier task."""
+
+    @abc.abstractmethod
+    async def get(self, task_id: str) -> Task | None: ...
+
+    @abc.abstractmethod
+    async def list_tasks(self, query: TaskQuery) -> list[Task]:
+        """Tasks in submission order (seq), after ``query.after_seq``."""
+
+    @abc.abstractmethod
+    async def cancel(self, task_id: str, now: float) -> tuple[Task, bool] | None:
+        """(task, changed), or None if unknown. Ended tasks are returned unchanged."""
+
+    @abc.abstractmethod
+    async def register(self, agent: wire.RegisterAgent, now: float) -> AgentInfo: ...
+
+    @abc.abstractmethod
+    async def get_agent(self, namespace: str, name: str) -> AgentInfo | None: ...
+
+    @abc.abstractmethod
+    async def heartbeat(
+        self, agent: AgentInfo, leases: Sequence[wire.LeaseRef], draining: bool, now: float
+    ) -> list[wire.LeaseStatus]:
+        """Record liveness and extend the leases whose fencing token still holds."""
+
+    @abc.abstractmethod
+    async def claim(self, agent: AgentInfo, max_tasks: int, now: float) -> list[Task]:
+        """Lease up to ``max_tasks`` queued tasks of the agent's fleet and capabilities,
+        highest priority first, FIFO within a priority, never exceeding its concurrency."""
+
+    @abc.abstractmethod
+    async def report(
+        self, agent: AgentInfo, results: Sequence[wire.TaskResult], now: float
+    ) -> list[Reported]:
+        """Record attempt outcomes whose fencing token holds; stale ones are acked as such."""
+
+    @abc.abstractmethod
+    async def expire_due(self, now: float) -> list[Task]:
+        """End attempts whose lease or timeout ran out; the changed tasks."""
+
+    @abc.abstractmethod
+    async def running_counts(self, namespace: str, fleet: str) -> dict[str, int]:
+        """Agent id -> tasks it is running, for least-loaded dispatch."""
+
+    @abc.abstractmethod
+    async def queue_depths(self) -> QueueDepths: ...
+
+    @abc.abstractmethod
+    async def stats(self, now: float) -> wire.Stats: ...
+
+
+def error_rate(attempts: int, failures: int) -> float:
+    return round(failures / attempts, 4) if attempts else 0.0

@@ -1,0 +1,514 @@
+"""NATS JetStream store, for several router replicas across machines.
+
+Layout: three KV buckets (file storage, history 1).
+
+- ``<prefix>_tasks``: task id -> task JSON. Every change is a compare-and-swap
+  (``update(key, value, last=revision)``), so two replicas can never both claim a
+  task or both record an outcome for it: the loser re-reads and re-decides.
+- ``<prefix>_idem``: hash(namespace, idempotency key) -> task id, written with
+  ``create`` (fails if present), so keys are remembered for the task's lifetime,
+  not just the 2-minute ``Nats-Msg-Id`` window.
+- ``<prefix>_agents``: namespace.name -> agent registration and last heartbeat.
+
+Each replica watches the buckets and keeps a compact mirror in memory: raw task
+bytes plus the few fields dispatch needs (priority heaps per fleet and capability,
+running leases, counters). Reads and candidate selection use the mirror; writes
+always go through compare-and-swap, so a stale mirror costs a retry, never a
+wrong decision. Durability: a write returns after JetStream stored it (file
+storage; fsync on JetStream's sync interval, like SQLite's synchronous=NORMAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import logging
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.js.api import StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+
+from agentarmy.api import wire
+from agentarmy.api.wire import AgentInfo, Task
+from agentarmy.router import lifecycle
+from agentarmy.router.store.base import (
+    QueueDepths,
+    Reported,
+    StoreError,
+    StoreSettings,
+    Submitted,
+    TaskQuery,
+    TaskStore,
+    UnknownAgent,
+    error_rate,
+)
+
+log = logging.getLogger(__name__)
+
+CAS_RETRIES = 8
+
+
+@dataclass(slots=True)
+class _Entry:
+    """What the mirror keeps per task: the raw JSON and the fields dispatch reads."""
+
+    revision: int
+    raw: bytes
+    phase: str
+    namespace: str
+    fleet: str
+    capability: str
+    priority: int
+    seq: int
+    agent: str
+    parent: str | None
+    expires_at: float | None
+    ended_attempts: tuple[tuple[str, str, str], ...]
+    """(agent, templateHash, outcome) of every ended attempt, for the counters."""
+
+
+def _entry(revision: int, raw: bytes, task: Task) -> _Entry:
+    ends = [t for t in (task.leaseExpiresAt, task.deadlineAt) if t is not None]
+    return _Entry(
+        revision=revision, raw=raw, phase=task.phase, namespace=task.namespace, fleet=task.fleet,
+        capability=task.capability, priority=task.priority, seq=task.seq, agent=task.agent,
+        parent=task.parentTaskId,
+        expires_at=min(ends) if task.phase == "Running" and ends else None,
+        ended_attempts=tuple(
+            (a.agent, a.templateHash, a.outcome) for a in task.attempts if a.outcome is not None
+        ),
+    )
+
+
+class _Mirror:
+    """In-memory view of the tasks bucket, updated by our own writes and the watcher."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, _Entry] = {}
+        self.heaps: dict[tuple[str, str, str], list[tuple[int, int, str]]] = defaultdict(list)
+        self.expiring: dict[str, float] = {}
+        self.running_by_agent: Counter[str] = Counter()
+        self.phase_counts: Counter[tuple[str, str, str]] = Counter()
+        self.depths: Counter[tuple[str, str, int]] = Counter()
+        self.agent_tally: Counter[tuple[str, str]] = Counter()  # (agent, Succeeded|Failed)
+        self.template_tally: Counter[tuple[str, str, str, str]] = Counter()  # ns, fleet, hash, kind
+
+    def apply(self, task_id: str, entry: _Entry) -> bool:
+        """Take a newer version of a task; False if we already had this one or a newer one."""
+        old = self.entries.get(task_id)
+        if old is not None and old.revision >= entry.revision:
+            return False
+        if old is not None:
+            self._count(old, -1)
+        self.entries[task_id] = entry
+        self._count(entry, +1)
+        self.expiring.pop(task_id, None)
+        if entry.phase == "Queued":
+            heapq.heappush(
+                self.heaps[(entry.namespace, entry.fleet, entry.capability)],
+                (-entry.priority, entry.seq, task_id),
+            )
+        elif entry.phase == "Running" and entry.expires_at is not None:
+            self.expiring[task_id] = entry.expires_at
+        return True
+
+    def _count(self, entry: _Entry, sign: int) -> None:
+        self.phase_counts[(entry.namespace, entry.fleet, entry.phase)] += sign
+        if entry.phase == "Queued":
+            self.depths[(entry.namespace, entry.fleet, entry.priority)] += sign
+        if entry.phase == "Running":
+            self.running_by_agent[entry.agent] += sign
+        for agent, template_hash, outcome in entry.ended_attempts:
+            if outcome == "Succeeded" or outcome in wire.COUNTED_OUTCOMES:
+                kind = "Succeeded" if outcome == "Succeeded" else "Failed"
+                self.agent_tally[(agent, kind)] += sign
+                self.template_tally[(entry.namespace, entry.fleet, template_hash, kind)] += sign
+
+    def candidates(self, namespace: str, fleet: str, capabilities: Sequence[str], room: int,
+                   now: float, parse: Callable[[bytes], Task]) -> list[str]:
+        """Pop up to ``room`` claimable task ids, best first; callers push back what they skip."""
+        picked: list[tuple[int, int, str]] = []
+        for capability in capabilities:
+            heap = self.heaps.get((namespace, fleet, capability))
+            waiting: list[tuple[int, int, str]] = []
+            taken = 0
+            while heap and taken < room:
+                item = heapq.heappop(heap)
+                entry = self.entries.get(item[2])
+                if entry is None or entry.phase != "Queued" or (-entry.priority, entry.seq) != item[:2]:
+                    continue  # stale heap item: the task moved on
+                if parse(entry.raw).availableAt > now:
+                    waiting.append(item)  # backing off; keep its place
+                    continue
+                picked.append(item)
+                taken += 1
+            for item in waiting:
+                heapq.heappush(heap, item) if heap is not None else None
+        picked.sort()
+        for item in picked[room:]:
+            self.push_back(namespace, fleet, item)
+        return [item[2] for item in picked[:room]]
+
+    def push_back(self, namespace: str, fleet: str, item: tuple[int, int, str]) -> None:
+        entry = self.entries.get(item[2])
+        if entry is not None:
+            heapq.heappush(self.heaps[(namespace, fleet, entry.capability)], item)
+
+
+class NatsStore(TaskStore):
+    def __init__(self, servers: str | list[str], settings: StoreSettings, prefix: str = "agentarmy") -> None:
+        super().__init__(settings)
+        self.servers = servers
+        self.prefix = prefix
+        self.listener: Callable[[Task], None] | None = None
+        """Called with tasks that another replica changed (to wake dispatch and waiters)."""
+        self._nc: Any = None
+        self._tasks_kv: Any = None
+        self._idem_kv: Any = None
+        self._agents_kv: Any = None
+        self._mirror = _Mirror()
+        self._agents: dict[tuple[str, str], tuple[int, AgentInfo]] = {}
+        self._watchers: list[asyncio.Task[None]] = []
+        self._last_seq = 0
+        self._agent_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def open(self, now: float) -> None:
+        self._nc = await nats.connect(self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+        js = self._nc.jetstream(timeout=10)
+        self._tasks_kv = await self._bucket(js, f"{self.prefix}_tasks")
+        self._idem_kv = await self._bucket(js, f"{self.prefix}_idem")
+        self._agents_kv = await self._bucket(js, f"{self.prefix}_agents")
+        tasks_ready, agents_ready = asyncio.Event(), asyncio.Event()
+        self._watchers = [
+            asyncio.create_task(self._watch(self._tasks_kv, self._on_task_entry, tasks_ready)),
+            asyncio.create_task(self._watch(self._agents_kv, self._on_agent_entry, agents_ready)),
+        ]
+        await asyncio.wait_for(asyncio.gather(tasks_ready.wait(), agents_ready.wait()), timeout=120)
+        running = [tid for tid, e in self._mirror.entries.items() if e.phase == "Running"]
+        lease = self.settings.lease_seconds
+        await asyncio.gather(
+            *(self._mutate(tid, lambda t: lifecycle.restart_grace(t, now, lease)) for tid in running)
+        )
+
+    async def close(self) -> None:
+        for watcher in self._watchers:
+            watcher.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        if self._nc is not None:
+            await self._nc.close()
+
+    @staticmethod
+    async def _bucket(js: Any, name: str) -> Any:
+        try:
+            return await js.key_value(name)
+        except BucketNotFoundError:
+            return await js.create_key_value(bucket=name, history=1, storage=StorageType.FILE)
+
+    async def _watch(self, kv: Any, handle: Callable[[Any], None], ready: asyncio.Event) -> None:
+        watcher = await kv.watchall()
+        async for entry in watcher:
+            if entry is None:
+                ready.set()
+                continue
+            try:
+                handle(entry)
+            except Exception:  # a bad entry must not stop the mirror
+                log.exception("cannot apply %s from %s", entry.key, kv._name)
+
+    def _on_task_entry(self, entry: Any) -> None:
+        if entry.operation is not None or not entry.value:
+            return  # deletes and purges: tasks are never deleted by this router
+        task = Task.model_validate_json(entry.value)
+        self._last_seq = max(self._last_seq, task.seq)
+        if self._mirror.apply(task.id, _entry(entry.revision, entry.value, task)) and self.listener:
+            self.listener(task)
+
+    def _on_agent_entry(self, entry: Any) -> None:
+        if entry.operation is not None or not entry.value:
+            return
+        info = AgentInfo.model_validate_json(entry.value)
+        key = (info.namespace, info.name)
+        known = self._agents.get(key)
+        if known is None or known[0] < entry.revision:
+            self._agents[key] = (entry.revision, info)
+
+    def _next_seq(self) -> int:
+        # Time-ordered across replicas (microseconds), strictly increasing within one.
+        self._last_seq = max(self._last_seq + 1, time.time_ns() // 1000)
+        return self._last_seq
+
+    async def _fetch(self, task_id: str) -> tuple[int, Task] | None:
+        try:
+            entry = await self._tasks_kv.get(task_id)
+        except KeyNotFoundError:
+            return None
+        task = Task.model_validate_json(entry.value)
+        self._mirror.apply(task_id, _entry(entry.revision, entry.value, task))
+        return entry.revision, task
+
+    async def _store(self, task: Task, last: int) -> int:
+        raw = task.model_dump_json().encode()
+        revision: int = await self._tasks_kv.update(task.id, raw, last=last)
+        self._mirror.apply(task.id, _entry(revision, raw, task))
+        return revision
+
+    async def _mutate(
+        self, task_id: str, change: Callable[[Task], Task | None]
+    ) -> tuple[Task, Task | None] | None:
+        """Apply ``change`` under compare-and-swap; (task it saw, new task or None), None if unknown."""
+        entry = self._mirror.entries.get(task_id)
+        current = (entry.revision, Task.model_validate_json(entry.raw)) if entry else await self._fetch(task_id)
+        for _ in range(CAS_RETRIES):
+            if current is None:
+                return None
+            revision, task = current
+            updated = change(task)
+            if updated is None:
+                return task, None
+            try:
+                await self._store(updated, revision)
+                return task, updated
+            except KeyWrongLastSequenceError:
+                current = await self._fetch(task_id)
+        raise StoreError(f"task {task_id} kept changing under us; giving up after {CAS_RETRIES} tries")
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    async def submit(self, requests: Sequence[wire.SubmitTask], now: float) -> list[Submitted]:
+        return list(await asyncio.gather(*(self._submit_one(r, now) for r in requests)))
+
+    async def _submit_one(self, request: wire.SubmitTask, now: float) -> Submitted:
+        task_id = lifecycle.new_task_id()
+        if request.idempotencyKey is not None:
+            key = hashlib.sha256(f"{request.namespace}\0{request.idempotencyKey}".encode()).hexdigest()
+            try:
+                await self._idem_kv.create(key, task_id.encode())
+            except KeyWrongLastSequenceError:
+                task_id = (await self._idem_kv.get(key)).value.decode()
+                existing = await self._fetch(task_id)
+                if existing is not None:
+                    return Submitted(existing[1], created=False)
+                # The earlier submitter stopped between the two writes: finish its job.
+        task = lifecycle.new_task(request, task_id, self._next_seq(), now)
+        raw = task.model_dump_json().encode()
+        try:
+            revision = await self._tasks_kv.create(task.id, raw)
+        except KeyWrongLastSequenceError:
+            existing = await self._fetch(task.id)
+            if existing is None:
+                raise
+            return Submitted(existing[1], created=False)
+        self._mirror.apply(task.id, _entry(revision, raw, task))
+        return Submitted(task, created=True)
+
+    async def get(self, task_id: str) -> Task | None:
+        entry = self._mirror.entries.get(task_id)
+        if entry is not None:
+            return Task.model_validate_json(entry.raw)
+        fetched = await self._fetch(task_id)
+        return fetched[1] if fetched else None
+
+    async def list_tasks(self, query: TaskQuery) -> list[Task]:
+        after = query.after_seq or 0
+        matches = [
+            e for e in self._mirror.entries.values()
+            if e.seq > after
+            and (query.namespace is None or e.namespace == query.namespace)
+            and (query.fleet is None or e.fleet == query.fleet)
+            and (query.phase is None or e.phase == query.phase)
+            and (query.parent is None or e.parent == query.parent)
+        ]
+        chosen = heapq.nsmallest(query.limit, matches, key=lambda e: e.seq)
+        return [Task.model_validate_json(e.raw) for e in chosen]
+
+    async def cancel(self, task_id: str, now: float) -> tuple[Task, bool] | None:
+        outcome = await self._mutate(task_id, lambda t: lifecycle.cancel(t, now))
+        if outcome is None:
+            return None
+        seen, updated = outcome
+        return (updated, True) if updated is not None else (seen, False)
+
+    # -- agents ---------------------------------------------------------------------------
+
+    async def register(self, agent: wire.RegisterAgent, now: float) -> AgentInfo:
+        known = self._agents.get((agent.namespace, agent.name))
+        info = AgentInfo(
+            **agent.model_dump(),
+            registeredAt=known[1].registeredAt if known else now,
+            lastHeartbeat=now,
+            ready=True,
+        )
+        await self._put_agent(info)
+        return info
+
+    async def _put_agent(self, info: AgentInfo) -> None:
+        revision = await self._agents_kv.put(f"{info.namespace}.{info.name}", info.model_dump_json().encode())
+        self._agents[(info.namespace, info.name)] = (revision, info)
+
+    async def get_agent(self, namespace: str, name: str) -> AgentInfo | None:
+        known = self._agents.get((namespace, name))
+        if known is not None:
+            return known[1]
+        try:
+            entry = await self._agents_kv.get(f"{namespace}.{name}")
+        except KeyNotFoundError:
+            return None
+        info = AgentInfo.model_validate_json(entry.value)
+        self._agents[(namespace, name)] = (entry.revision, info)
+        return info
+
+    async def heartbeat(
+        self, agent: AgentInfo, leases: Sequence[wire.LeaseRef], draining: bool, now: float
+    ) -> list[wire.LeaseStatus]:
+        current = await self.get_agent(agent.namespace, agent.name)
+        holder = lifecycle.agent_id(agent.namespace, agent.name)
+        if current is None:
+            raise UnknownAgent(holder)
+        await self._put_agent(current.model_copy(update={"lastHeartbeat": now, "ready": not draining}))
+        return list(await asyncio.gather(*(self._extend_one(ref, holder, now) for ref in leases)))
+
+    async def _extend_one(self, ref: wire.LeaseRef, holder: str, now: float) -> wire.LeaseStatus:
+        problems: list[tuple[str, str]] = []
+
+        def change(task: Task) -> Task | None:
+            problem = lifecycle.fence_problem(task, ref, holder)
+            if problem is not None:
+                problems.append(("cancelled" if task.phase == "Cancelled" else "stale", problem))
+                return None
+            return lifecycle.extend_lease(task, now, self.settings.lease_seconds)
+
+        outcome = await self._mutate(ref.taskId, change)
+        if outcome is None:
+            return wire.LeaseStatus(taskId=ref.taskId, attempt=ref.attempt, status="stale",
+                                    message="no such task")
+        _, updated = outcome
+        if updated is None:
+            status, message = problems[-1]
+            return wire.LeaseStatus(taskId=ref.taskId, attempt=ref.attempt, status=status,
+                                    message=message)
+        return wire.LeaseStatus(taskId=ref.taskId, attempt=ref.attempt, status="extended",
+                                leaseExpiresAt=updated.leaseExpiresAt)
+
+    async def claim(self, agent: AgentInfo, max_tasks: int, now: float) -> list[Task]:
+        holder = lifecycle.agent_id(agent.namespace, agent.name)
+        async with self._agent_locks[holder]:
+            room = min(max_tasks, agent.concurrency - self._mirror.running_by_agent[holder])
+            if room <= 0:
+                return []
+            ids = self._mirror.candidates(
+                agent.namespace, agent.fleet, agent.capabilities, room, now, Task.model_validate_json
+            )
+            claimed = await asyncio.gather(*(self._claim_one(tid, agent, holder, now) for tid in ids))
+        return [task for task in claimed if task is not None]
+
+    async def _claim_one(self, task_id: str, agent: AgentInfo, holder: str, now: float) -> Task | None:
+        entry = self._mirror.entries.get(task_id)
+        if entry is None:
+            return None
+        task = Task.model_validate_json(entry.raw)
+        if task.phase != "Queued":
+            return None
+        started = lifecycle.start_attempt(task, holder, agent.templateHash, now, self.settings.lease_seconds)
+        try:
+            await self._store(started, entry.revision)
+        except KeyWrongLastSequenceError:
+            await self._fetch(task_id)  # another replica got there first; refresh and move on
+            return None
+        return started
+
+    async def report(
+        self, agent: AgentInfo, results: Sequence[wire.TaskResult], now: float
+    ) -> list[Reported]:
+        holder = lifecycle.agent_id(agent.namespace, agent.name)
+        return list(await asyncio.gather(*(self._report_one(r, holder, now) for r in results)))
+
+    async def _report_one(self, result: wire.TaskResult, holder: str, now: float) -> Reported:
+        acks: list[wire.ResultAck] = []
+
+        def change(task: Task) -> Task | None:
+            updated, ack = lifecycle.apply_result(task, result, holder, now, self.settings.retry)
+            acks.append(ack)
+            return updated
+
+        outcome = await self._mutate(result.taskId, change)
+        if outcome is None:
+            ack = wire.ResultAck(taskId=result.taskId, attempt=result.attempt, status="stale",
+                                 message=f"task {result.taskId} does not exist")
+            return Reported(ack, None)
+        return Reported(acks[-1], outcome[1])
+
+    async def expire_due(self, now: float) -> list[Task]:
+        due = [tid for tid, at in self._mirror.expiring.items() if at <= now]
+        policy = self.settings.retry
+        outcomes = await asyncio.gather(
+            *(self._mutate(tid, lambda t: lifecycle.expire(t, now, policy)) for tid in due),
+            return_exceptions=True,
+        )
+        changed = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                log.warning("lease expiry failed: %s", outcome)
+            elif outcome is not None and outcome[1] is not None:
+                changed.append(outcome[1])
+        return changed
+
+    # -- reading for dispatch, metrics and the operator -------------------------------------
+
+    async def running_counts(self, namespace: str, fleet: str) -> dict[str, int]:
+        fleet_agents = {
+            lifecycle.agent_id(ns, name) for (ns, name), (_, info) in self._agents.items()
+            if ns == namespace and info.fleet == fleet
+        }
+        return {a: n for a, n in self._mirror.running_by_agent.items() if a in fleet_agents and n > 0}
+
+    async def queue_depths(self) -> QueueDepths:
+        return {key: count for key, count in self._mirror.depths.items() if count > 0}
+
+    async def stats(self, now: float) -> wire.Stats:
+        mirror = self._mirror
+        keys = {(ns, fl) for ns, fl, _ in mirror.phase_counts} | {
+            (ns, info.fleet) for (ns, _), (_, info) in self._agents.items()
+        }
+        fleets = []
+        for ns, fl in sorted(keys):
+            phases = {p: mirror.phase_counts[(ns, fl, p)] for p in ("Queued", "Running", "Succeeded",
+                                                                     "Failed", "DeadLettered", "Cancelled")}
+            by_priority = {str(p): c for (n, f, p), c in mirror.depths.items() if (n, f) == (ns, fl) and c > 0}
+            agents = [
+                wire.AgentStats(
+                    name=info.name, ready=info.ready,
+                    live=now - info.lastHeartbeat <= self.settings.liveness_seconds,
+                    templateHash=info.templateHash,
+                    running=mirror.running_by_agent[lifecycle.agent_id(ns, info.name)],
+                    succeeded=mirror.agent_tally[(lifecycle.agent_id(ns, info.name), "Succeeded")],
+                    failed=mirror.agent_tally[(lifecycle.agent_id(ns, info.name), "Failed")],
+                    lastHeartbeat=info.lastHeartbeat,
+                )
+                for (a_ns, _), (_, info) in sorted(self._agents.items())
+                if a_ns == ns and info.fleet == fl
+            ]
+            hashes = sorted({h for n, f, h, _ in mirror.template_tally if (n, f) == (ns, fl)})
+            templates = []
+            for template_hash in hashes:
+                succeeded = mirror.template_tally[(ns, fl, template_hash, "Succeeded")]
+                failures = mirror.template_tally[(ns, fl, template_hash, "Failed")]
+                if succeeded + failures:
+                    templates.append(wire.TemplateStats(
+                        templateHash=template_hash, attempts=succeeded + failures, failures=failures,
+                        errorRate=error_rate(succeeded + failures, failures),
+                    ))
+            fleets.append(wire.FleetStats(
+                namespace=ns, fleet=fl, queued=phases["Queued"], queuedByPriority=by_priority,
+                running=phases["Running"], succeeded=phases["Succeeded"], failed=phases["Failed"],
+                deadLettered=phases["DeadLettered"], cancelled=phases["Cancelled"],
+                agents=agents, templates=templates,
+            ))
+        return wire.Stats(generatedAt=now, fleets=fleets)

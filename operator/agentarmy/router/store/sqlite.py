@@ -1,0 +1,545 @@
+"""SQLite store: WAL mode, one writer thread with group commit, one reader thread.
+
+Durability promise: WAL + ``synchronous=NORMAL``. A caller is answered only after
+COMMIT, so no acknowledged task is lost when the router (or the whole process tree)
+is killed; only an OS crash or power loss may drop the last transactions.
+``synchronous=FULL`` (``sqlite:///path?synchronous=full``) closes that gap at some
+throughput cost.
+
+Group commit: operations queue up while the previous batch is being written; the
+writer runs each queued operation in its own SAVEPOINT inside one transaction and
+resolves every caller's future after that transaction's COMMIT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agentarmy.api import wire
+from agentarmy.api.wire import AgentInfo, Task
+from agentarmy.router import lifecycle
+from agentarmy.router.store.base import (
+    QueueDepths,
+    Reported,
+    StoreSettings,
+    Submitted,
+    TaskQuery,
+    TaskStore,
+    UnknownAgent,
+    error_rate,
+)
+
+T = TypeVar("T")
+Operation = Callable[[sqlite3.Connection], Any]
+
+MAX_BATCH_OPERATIONS = 2000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    namespace TEXT NOT NULL,
+    fleet TEXT NOT NULL,
+    capability TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    available_at REAL NOT NULL,
+    expires_at REAL,
+    agent TEXT NOT NULL DEFAULT '',
+    parent TEXT,
+    idem_key TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_queue
+    ON tasks(namespace, fleet, capability, priority DESC, seq) WHERE phase = 'Queued';
+CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks(expires_at) WHERE phase = 'Running';
+CREATE INDEX IF NOT EXISTS tasks_agent ON tasks(agent) WHERE phase = 'Running';
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_idem
+    ON tasks(namespace, idem_key) WHERE idem_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_fleet ON tasks(namespace, fleet, seq);
+CREATE INDEX IF NOT EXISTS tasks_parent ON tasks(parent) WHERE parent IS NOT NULL;
+CREATE TABLE IF NOT EXISTS agents (
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    body TEXT NOT NULL,
+    succeeded INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (namespace, name)
+);
+CREATE TABLE IF NOT EXISTS templates (
+    namespace TEXT NOT NULL,
+    fleet TEXT NOT NULL,
+    template_hash TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (namespace, fleet, template_hash)
+);
+"""
+
+
+def _connect(path: str, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    return conn
+
+
+class _GroupCommitWriter:
+    """Runs write operations on one thread; all that queue up share one transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._pending: list[tuple[Operation, asyncio.Future[Any]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="sqlite-group-commit")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def call(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((operation, future))
+        self._wakeup.set()
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[:MAX_BATCH_OPERATIONS]
+                del self._pending[:MAX_BATCH_OPERATIONS]
+                try:
+                    outcomes = await loop.run_in_executor(
+                        self._executor, self._apply, [op for op, _ in batch]
+                    )
+                except Exception as error:  # COMMIT itself failed: nobody's change is durable
+                    outcomes = [error] * len(batch)
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
+
+    def _apply(self, operations: list[Operation]) -> list[Any]:
+        conn = self._conn
+        outcomes: list[Any] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for operation in operations:
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append(operation(conn))
+                except Exception as error:  # one bad operation must not sink the batch
+                    conn.execute("ROLLBACK TO op")
+                    outcomes.append(error)
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
+
+
+class SqliteStore(TaskStore):
+    def __init__(self, path: str | Path, settings: StoreSettings, synchronous: str = "NORMAL") -> None:
+        super().__init__(settings)
+        self.path = str(path)
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError("synchronous must be NORMAL or FULL")
+        self.synchronous = synchronous.upper()
+        self._writer: _GroupCommitWriter | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._reader_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        self._next_seq = 0
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def open(self, now: float) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        writer_conn = _connect(self.path, self.synchronous)
+        writer_conn.executescript(SCHEMA)
+        self._next_seq = (writer_conn.execute("SELECT max(seq) FROM tasks").fetchone()[0] or 0) + 1
+        self._writer = _GroupCommitWriter(writer_conn)
+        self._writer.start()
+        self._reader = _connect(self.path, self.synchronous)
+        await self._write(lambda conn: self._grant_restart_grace(conn, now))
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.stop()
+            self._writer._conn.close()
+        if self._reader is not None:
+            self._reader.close()
+        self._reader_executor.shutdown(wait=True)
+
+    async def _write(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._writer is not None, "store not opened"
+        return await self._writer.call(operation)
+
+    async def _read(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._reader is not None, "store not opened"
+        reader = self._reader
+        return await asyncio.get_running_loop().run_in_executor(
+            self._reader_executor, lambda: operation(reader)
+        )
+
+    def _grant_restart_grace(self, conn: sqlite3.Connection, now: float) -> None:
+        rows = conn.execute("SELECT body FROM tasks WHERE phase = 'Running'").fetchall()
+        for (body,) in rows:
+            task = lifecycle.restart_grace(Task.model_validate_json(body), now, self.settings.lease_seconds)
+            if task is not None:
+                _update(conn, task)
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    async def submit(self, requests: Sequence[wire.SubmitTask], now: float) -> list[Submitted]:
+        return await self._write(lambda conn: [self._submit_one(conn, r, now) for r in requests])
+
+    def _submit_one(self, conn: sqlite3.Connection, request: wire.SubmitTask, now: float) -> Submitted:
+        if request.idempotencyKey is not None:
+            row = conn.execute(
+                "SELECT body FROM tasks WHERE namespace = ? AND idem_key = ?",
+                (request.namespace, request.idempotencyKey),
+            ).fetchone()
+            if row is not None:
+                return Submitted(Task.model_validate_json(row[0]), created=False)
+        task = lifecycle.new_task(request, lifecycle.new_task_id(), self._next_seq, now)
+        self._next_seq += 1
+        conn.execute(
+            "INSERT INTO tasks (id, seq, namespace, fleet, capability, priority, phase, available_at,"
+            " expires_at, agent, parent, idem_key, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                task.id, task.seq, task.namespace, task.fleet, task.capability, task.priority,
+                task.phase, task.availableAt, None, "", task.parentTaskId, task.idempotencyKey,
+                task.model_dump_json(),
+            ),
+        )
+        return Submitted(task, created=True)
+
+    async def get(self, task_id: str) -> Task | None:
+        row = await self._read(
+            lambda conn: conn.execute("SELECT body FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        )
+        return Task.model_validate_json(row[0]) if row else None
+
+    async def list_tasks(self, query: TaskQuery) -> list[Task]:
+        clauses, params = ["seq > ?"], list[object]([query.after_seq or 0])
+        for column, value in (
+            ("namespace", query.namespace), ("fleet", query.fleet), ("phase", query.phase),
+            ("parent", query.parent),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT body FROM tasks WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"
+        params.append(query.limit)
+        rows = await self._read(lambda conn: conn.execute(sql, params).fetchall())
+        return [Task.model_validate_json(body) for (body,) in rows]
+
+    async def cancel(self, task_id: str, now: float) -> tuple[Task, bool] | None:
+        def operation(conn: sqlite3.Connection) -> tuple[Task, bool] | None:
+            task = _load(conn, task_id)
+            if task is None:
+                return None
+            cancelled = lifecycle.cancel(task, now)
+            if cancelled is None:
+                return task, False
+            _update(conn, cancelled)
+            return cancelled, True
+
+        return await self._write(operation)
+
+    # -- agents ---------------------------------------------------------------------------
+
+    async def register(self, agent: wire.RegisterAgent, now: float) -> AgentInfo:
+        def operation(conn: sqlite3.Connection) -> AgentInfo:
+            previous = _load_agent(conn, agent.namespace, agent.name)
+            info = AgentInfo(
+                **agent.model_dump(),
+                registeredAt=previous.registeredAt if previous else now,
+                lastHeartbeat=now,
+                ready=True,
+            )
+            conn.execute(
+                "INSERT INTO agents (namespace, name, body) VALUES (?, ?, ?)"
+                " ON CONFLICT (namespace, name) DO UPDATE SET body = excluded.body",
+                (info.namespace, info.name, info.model_dump_json()),
+            )
+            return info
+
+        return await self._write(operation)
+
+    async def get_agent(self, namespace: str, name: str) -> AgentInfo | None:
+        return await self._read(lambda conn: _load_agent(conn, namespace, name))
+
+    async def heartbeat(
+        self, agent: AgentInfo, leases: Sequence[wire.LeaseRef], draining: bool, now: float
+    ) -> list[wire.LeaseStatus]:
+        holder = lifecycle.agent_id(agent.namespace, agent.name)
+        lease_seconds = self.settings.lease_seconds
+
+        def operation(conn: sqlite3.Connection) -> list[wire.LeaseStatus]:
+            current = _load_agent(conn, agent.namespace, agent.name)
+            if current is None:
+                raise UnknownAgent(holder)
+            touched = current.model_copy(update={"lastHeartbeat": now, "ready": not draining})
+            conn.execute(
+                "UPDATE agents SET body = ? WHERE namespace = ? AND name = ?",
+                (touched.model_dump_json(), agent.namespace, agent.name),
+            )
+            statuses = []
+            for ref in leases:
+                task = _load(conn, ref.taskId)
+                statuses.append(_extend_one(conn, task, ref, holder, now, lease_seconds))
+            return statuses
+
+        return await self._write(operation)
+
+    async def claim(self, agent: AgentInfo, max_tasks: int, now: float) -> list[Task]:
+        holder = lifecycle.agent_id(agent.namespace, agent.name)
+        lease_seconds = self.settings.lease_seconds
+
+        def operation(conn: sqlite3.Connection) -> list[Task]:
+            running = conn.execute(
+                "SELECT count(*) FROM tasks WHERE phase = 'Running' AND agent = ?", (holder,)
+            ).fetchone()[0]
+            room = min(max_tasks, agent.concurrency - running)
+            if room <= 0:
+                return []
+            candidates: list[tuple[int, int, str]] = []
+            for capability in agent.capabilities:
+                candidates += conn.execute(
+                    "SELECT priority, seq, body FROM tasks WHERE phase = 'Queued' AND namespace = ?"
+                    " AND fleet = ? AND capability = ? AND available_at <= ?"
+                    " ORDER BY priority DESC, seq LIMIT ?",
+                    (agent.namespace, agent.fleet, capability, now, room),
+                ).fetchall()
+            candidates.sort(key=lambda row: (-row[0], row[1]))
+            claimed = []
+            for _, _, body in candidates[:room]:
+                task = lifecycle.start_attempt(
+                    Task.model_validate_json(body), holder, agent.templateHash, now, lease_seconds
+                )
+                _update(conn, task)
+                claimed.append(task)
+            return claimed
+
+        return await self._write(operation)
+
+    async def report(
+        self, agent: AgentInfo, results: Sequence[wire.TaskResult], now: float
+    ) -> list[Reported]:
+        holder = lifecycle.agent_id(agent.namespace, agent.name)
+        policy = self.settings.retry
+
+        def operation(conn: sqlite3.Connection) -> list[Reported]:
+            reported = []
+            for result in results:
+                task = _load(conn, result.taskId)
+                if task is None:
+                    ack = wire.ResultAck(
+                        taskId=result.taskId, attempt=result.attempt, status="stale",
+                        message=f"task {result.taskId} does not exist",
+                    )
+                    reported.append(Reported(ack, None))
+                    continue
+                updated, ack = lifecycle.apply_result(task, result, holder, now, policy)
+                if updated is not None:
+                    _update(conn, updated)
+                    _count_attempt(conn, updated)
+                reported.append(Reported(ack, updated))
+            return reported
+
+        return await self._write(operation)
+
+    async def expire_due(self, now: float) -> list[Task]:
+        policy = self.settings.retry
+
+        def operation(conn: sqlite3.Connection) -> list[Task]:
+            rows = conn.execute(
+                "SELECT body FROM tasks WHERE phase = 'Running' AND expires_at <= ?", (now,)
+            ).fetchall()
+            changed = []
+            for (body,) in rows:
+                task = lifecycle.expire(Task.model_validate_json(body), now, policy)
+                if task is not None:
+                    _update(conn, task)
+                    _count_attempt(conn, task)
+                    changed.append(task)
+            return changed
+
+        return await self._write(operation)
+
+    # -- reading for dispatch, metrics and the operator -------------------------------------
+
+    async def running_counts(self, namespace: str, fleet: str) -> dict[str, int]:
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT agent, count(*) FROM tasks WHERE phase = 'Running' AND agent LIKE ?"
+                " AND fleet = ? GROUP BY agent",
+                (f"{namespace}/%", fleet),
+            ).fetchall()
+        )
+        return {agent: count for agent, count in rows}
+
+    async def queue_depths(self) -> QueueDepths:
+        return await self._read(_rows_to_depths)
+
+    async def stats(self, now: float) -> wire.Stats:
+        return await self._read(lambda conn: self._stats(conn, now))
+
+    def _stats(self, conn: sqlite3.Connection, now: float) -> wire.Stats:
+        fleets: dict[tuple[str, str], dict[str, Any]] = {}
+
+        def fleet(ns: str, name: str) -> dict[str, Any]:
+            return fleets.setdefault((ns, name), _empty_fleet(ns, name))
+
+        for ns, name, phase, count in conn.execute(
+            "SELECT namespace, fleet, phase, count(*) FROM tasks GROUP BY namespace, fleet, phase"
+        ):
+            fleet(ns, name)[_PHASE_FIELDS[phase]] += count
+        for (ns, name, priority), count in _rows_to_depths(conn).items():
+            fleet(ns, name)["queuedByPriority"][str(priority)] = count
+        running = dict(
+            conn.execute(
+                "SELECT agent, count(*) FROM tasks WHERE phase = 'Running' GROUP BY agent"
+            ).fetchall()
+        )
+        for body, succeeded, failed in conn.execute("SELECT body, succeeded, failed FROM agents"):
+            info = AgentInfo.model_validate_json(body)
+            holder = lifecycle.agent_id(info.namespace, info.name)
+            fleet(info.namespace, info.fleet)["agents"].append(
+                wire.AgentStats(
+                    name=info.name, ready=info.ready,
+                    live=now - info.lastHeartbeat <= self.settings.liveness_seconds,
+                    templateHash=info.templateHash, running=running.get(holder, 0),
+                    succeeded=succeeded, failed=failed, lastHeartbeat=info.lastHeartbeat,
+                )
+            )
+        for ns, name, template_hash, attempts, failures in conn.execute(
+            "SELECT namespace, fleet, template_hash, attempts, failures FROM templates"
+        ):
+            fleet(ns, name)["templates"].append(
+                wire.TemplateStats(
+                    templateHash=template_hash, attempts=attempts, failures=failures,
+                    errorRate=error_rate(attempts, failures),
+                )
+            )
+        return wire.Stats(
+            generatedAt=now,
+            fleets=[wire.FleetStats(**fields) for _, fields in sorted(fleets.items())],
+        )
+
+
+_PHASE_FIELDS = {
+    "Queued": "queued", "Running": "running", "Succeeded": "succeeded", "Failed": "failed",
+    "DeadLettered": "deadLettered", "Cancelled": "cancelled", "Pending": "queued",
+}
+
+
+def _empty_fleet(namespace: str, fleet: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {value: 0 for value in _PHASE_FIELDS.values()}
+    fields.update(namespace=namespace, fleet=fleet, queuedByPriority={}, agents=[], templates=[])
+    return fields
+
+
+def _rows_to_depths(conn: sqlite3.Connection) -> QueueDepths:
+    rows = conn.execute(
+        "SELECT namespace, fleet, priority, count(*) FROM tasks WHERE phase = 'Queued'"
+        " GROUP BY namespace, fleet, priority"
+    ).fetchall()
+    return {(ns, fleet, priority): count for ns, fleet, priority, count in rows}
+
+
+def _load(conn: sqlite3.Connection, task_id: str) -> Task | None:
+    row = conn.execute("SELECT body FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    return Task.model_validate_json(row[0]) if row else None
+
+
+def _load_agent(conn: sqlite3.Connection, namespace: str, name: str) -> AgentInfo | None:
+    row = conn.execute(
+        "SELECT body FROM agents WHERE namespace = ? AND name = ?", (namespace, name)
+    ).fetchone()
+    return AgentInfo.model_validate_json(row[0]) if row else None
+
+
+def _expires_at(task: Task) -> float | None:
+    if task.phase != "Running":
+        return None
+    ends = [t for t in (task.leaseExpiresAt, task.deadlineAt) if t is not None]
+    return min(ends) if ends else None
+
+
+def _update(conn: sqlite3.Connection, task: Task) -> None:
+    conn.execute(
+        "UPDATE tasks SET phase = ?, available_at = ?, expires_at = ?, agent = ?, body = ?"
+        " WHERE id = ?",
+        (task.phase, task.availableAt, _expires_at(task), task.agent, task.model_dump_json(), task.id),
+    )
+
+
+def _extend_one(
+    conn: sqlite3.Connection, task: Task | None, ref: wire.LeaseRef, holder: str, now: float,
+    lease_seconds: float,
+) -> wire.LeaseStatus:
+    if task is None:
+        return wire.LeaseStatus(
+            taskId=ref.taskId, attempt=ref.attempt, status="stale", message="no such task"
+        )
+    problem = lifecycle.fence_problem(task, ref, holder)
+    if problem is not None:
+        status = "cancelled" if task.phase == "Cancelled" else "stale"
+        return wire.LeaseStatus(taskId=ref.taskId, attempt=ref.attempt, status=status, message=problem)
+    extended = lifecycle.extend_lease(task, now, lease_seconds)
+    _update(conn, extended)
+    return wire.LeaseStatus(
+        taskId=ref.taskId, attempt=ref.attempt, status="extended",
+        leaseExpiresAt=extended.leaseExpiresAt,
+    )
+
+
+def _count_attempt(conn: sqlite3.Connection, task: Task) -> None:
+    """Tally the attempt that just ended into per-agent and per-template counters."""
+    last = task.attempts[-1] if task.attempts else None
+    if last is None or last.outcome not in ("Succeeded", *wire.COUNTED_OUTCOMES):
+        return
+    failed = int(last.outcome != "Succeeded")
+    namespace, _, name = last.agent.partition("/")
+    conn.execute(
+        "UPDATE agents SET succeeded = succeeded + ?, failed = failed + ?"
+        " WHERE namespace = ? AND name = ?",
+        (1 - failed, failed, namespace, name),
+    )
+    conn.execute(
+        "INSERT INTO templates (namespace, fleet, template_hash, attempts, failures)"
+        " VALUES (?, ?, ?, 1, ?) ON CONFLICT (namespace, fleet, template_hash) DO UPDATE SET"
+        " attempts = attempts + 1, failures = failures + excluded.failures",
+        (task.namespace, task.fleet, last.templateHash, failed),
+    )
+
+
+def parse_options(query: str) -> dict[str, str]:
+    """``synchronous=full&x=y`` -> dict (the query part of a sqlite:// store URL)."""
+    pairs = (part.split("=", 1) for part in query.split("&") if "=" in part)
+    return {key: value for key, value in pairs}
+
