@@ -69,17 +69,19 @@ def emit(
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line, the same keys as the operator's and router's logs."""
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": round(record.created, 6),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "event": record.getMessage(),
+            "msg": record.getMessage(),
         }
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
-            line["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, separators=(",", ":"), default=str)
 
 
 class StartError(Exception):
@@ -720,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
 def _synced(log_file: Path, offset: int) -> bool:
     with contextlib.suppress(OSError), log_file.open("rb") as logfile:
         logfile.seek(offset)
-        return any(b'"event": "synced"' in line for line in logfile)
+        return any(b'"msg":"synced"' in line for line in logfile)
     return False
 
 
