@@ -1,0 +1,180 @@
+"""Agent reconciler: each Agent owns exactly one Pod, and says how it is.
+
+Level-based: everything is recomputed from the cached Agent and Pod on each
+pass, so a restart at any moment converges to the same state.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from lightkube import ApiError
+from pydantic import ValidationError
+
+from agentarmy.api.agent import AgentSpec, AgentStatus
+from agentarmy.api.common import set_condition
+from agentarmy.operator import labels
+from agentarmy.operator.cache import AgentView, Cache, PodView
+from agentarmy.operator.expectations import Expectations
+from agentarmy.operator.kube import Kube, involved
+from agentarmy.operator.pods import PodContext, render_pod
+from agentarmy.operator.workqueue import Key
+
+log = logging.getLogger("agentarmy.operator.agent")
+
+# A freshly created Pod usually turns Ready within seconds: look again then and
+# write one status that carries the outcome, instead of a "Pending" first.
+FIRST_LOOK_SECONDS = 3.0
+WAIT_FOR_POD_GONE_SECONDS = 1.0
+FIRST_STATUS_GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What this pass saw and did, for the status."""
+
+    pod: PodView | None
+    desired_hash: str
+    replaced_exited: PodView | None = None
+    replacing_outdated: bool = False
+
+
+def agent_status(
+    agent: AgentView, spec_error: str, seen: Observation, create_error: str = ""
+) -> AgentStatus:
+    current = AgentStatus.model_validate(agent.status or {})
+    gen = agent.generation
+    conds = list(current.conditions)
+    restarts = current.podRestarts + (1 if seen.replaced_exited else 0)
+    pod = seen.pod
+    if spec_error:
+        conds = set_condition(conds, "Ready", "False", "InvalidSpec", spec_error, gen)
+        conds = set_condition(conds, "Degraded", "True", "InvalidSpec", spec_error, gen)
+        conds = set_condition(conds, "Progressing", "False", "InvalidSpec", spec_error, gen)
+        phase = "Failed"
+    elif create_error:
+        conds = set_condition(conds, "Ready", "False", "PodCreateFailed", create_error, gen)
+        conds = set_condition(conds, "Degraded", "True", "PodCreateFailed", create_error, gen)
+        conds = set_condition(conds, "Progressing", "True", "PodCreateFailed", "retrying", gen)
+        phase = "Degraded"
+    elif seen.replaced_exited is not None:
+        exited = seen.replaced_exited
+        why = f"agent process exited (code {exited.exit_code}, {exited.exit_reason or 'no reason'})"
+        conds = set_condition(conds, "Ready", "False", "AgentExited", why, gen)
+        conds = set_condition(conds, "Degraded", "True", "AgentExited", why + "; pod replaced", gen)
+        conds = set_condition(conds, "Progressing", "True", "ReplacingPod", "creating a new pod", gen)
+        phase = "Degraded"
+    elif pod is None or pod.deleting or seen.replacing_outdated:
+        reason = "UpdatingPod" if seen.replacing_outdated or (pod and pod.deleting) else "CreatingPod"
+        conds = set_condition(conds, "Ready", "False", reason, "pod is being (re)created", gen)
+        conds = set_condition(conds, "Progressing", "True", reason, "pod is being (re)created", gen)
+        phase = "Starting" if reason == "UpdatingPod" else "Pending"
+    elif pod.ready and pod.phase == "Running":
+        conds = set_condition(conds, "Ready", "True", "PodReady", "agent pod is running and ready", gen)
+        conds = set_condition(conds, "Progressing", "False", "Reconciled", "pod matches the spec", gen)
+        conds = set_condition(conds, "Degraded", "False", "AgentRunning", "agent is healthy", gen)
+        phase = "Running"
+    else:
+        reason = "PodPending" if pod.phase == "Pending" else "PodNotReady"
+        conds = set_condition(conds, "Ready", "False", reason, f"pod phase {pod.phase}", gen)
+        conds = set_condition(conds, "Progressing", "True", reason, "waiting for the pod", gen)
+        phase = "Pending" if pod.phase == "Pending" else "Starting"
+    if not any(c.type == "Degraded" for c in conds):
+        conds = set_condition(conds, "Degraded", "False", "AgentRunning", "no failure seen", gen)
+    return current.model_copy(update={
+        "phase": phase,
+        "conditions": conds,
+        "observedGeneration": gen,
+        "podName": agent.name,
+        "templateHash": seen.desired_hash,
+        "podRestarts": restarts,
+    })
+
+
+class AgentReconciler:
+    kind = "Agent"
+
+    def __init__(self, cache: Cache, kube: Kube, ctx: PodContext) -> None:
+        self.cache = cache
+        self.kube = kube
+        self.ctx = ctx
+        self.expectations = Expectations()
+
+    def desired_pod(self, agent: AgentView, spec: AgentSpec) -> dict[str, Any]:
+        return render_pod(agent.name, agent.namespace, agent.uid, dict(agent.labels), spec,
+                          self.ctx)
+
+    async def reconcile(self, key: Key) -> float | None:
+        namespace, name = key
+        agent = self.cache.agent(namespace, name)
+        if agent is None or agent.deleting:
+            return None  # the garbage collector removes the Pod through its owner reference
+        try:
+            spec = AgentSpec.model_validate(agent.spec)
+        except ValidationError as err:
+            await self._write_status(agent, agent_status(agent, _first_error(err),
+                                                         Observation(None, "")))
+            return None
+        desired = self.desired_pod(agent, spec)
+        desired_hash = desired["metadata"]["labels"][labels.POD_HASH]
+        pod = self.cache.pod(namespace, name)
+        who = involved("Agent", namespace, name, agent.uid)
+
+        if pod is None:
+            if self.expectations.pending(key, set()):
+                return FIRST_LOOK_SECONDS  # created a moment ago; the watch is behind
+            try:
+                await self.kube.create(desired)
+            except ApiError as err:
+                message = f"cannot create pod: {err.status.message}"
+                await self._write_status(agent, agent_status(agent, "", Observation(
+                    None, desired_hash), create_error=message))
+                raise
+            self.expectations.expect(key, [name])
+            log.info("created pod", extra={"namespace": namespace, "agent": name})
+            if not agent.status.get("observedGeneration"):
+                return FIRST_LOOK_SECONDS  # the first status write waits for the outcome
+            await self._write_status(agent, agent_status(agent, "", Observation(None, desired_hash)))
+            return FIRST_LOOK_SECONDS
+        self.expectations.pending(key, {name})  # seen: forget the expectation
+        if pod.deleting:
+            return WAIT_FOR_POD_GONE_SECONDS
+        if pod.exited:
+            await self.kube.delete("Pod", namespace, name)
+            await self.kube.event(who, "Warning", "AgentExited",
+                                  f"agent process exited with code {pod.exit_code}; "
+                                  "replacing its pod")
+            await self._write_status(agent, agent_status(
+                agent, "", Observation(pod, desired_hash, replaced_exited=pod)))
+            return WAIT_FOR_POD_GONE_SECONDS
+        if pod.pod_hash != desired_hash:
+            await self.kube.delete("Pod", namespace, name)
+            await self.kube.event(who, "Normal", "PodReplaced",
+                                  "agent spec changed; replacing its pod")
+            await self._write_status(agent, agent_status(
+                agent, "", Observation(pod, desired_hash, replacing_outdated=True)))
+            return WAIT_FOR_POD_GONE_SECONDS
+        if not pod.ready and not agent.status.get("observedGeneration"):
+            # A new agent: its first status should say Ready, not "pending" and
+            # then "ready" a moment later. Wait a little for that news.
+            wait = FIRST_STATUS_GRACE_SECONDS - pod.age_seconds(datetime.now(UTC))
+            if wait > 0:
+                return wait
+        await self._write_status(agent, agent_status(agent, "", Observation(pod, desired_hash)))
+        return None
+
+    async def _write_status(self, agent: AgentView, status: AgentStatus) -> None:
+        """Patch status only when it carries news."""
+        new = status.model_dump(mode="json", exclude_none=True)
+        old = AgentStatus.model_validate(agent.status or {}).model_dump(mode="json", exclude_none=True)
+        if new != old:
+            await self.kube.patch_status("Agent", agent.namespace, agent.name, new)
+
+
+def _first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"spec.{where}: {first['msg']}"

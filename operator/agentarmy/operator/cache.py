@@ -1,0 +1,183 @@
+"""What the reconcilers read: kopf indexes of Agents, Fleets and Pods.
+
+kopf starts no other handler until every index holds its initial listing, so
+a reconciler never acts on a half-filled cache after a restart (the job
+controller-runtime's cache sync does). Index values are small frozen
+summaries, not whole bodies, to keep memory flat at thousands of agents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from agentarmy.operator import labels
+
+
+def _ready_condition(status: Mapping[str, Any]) -> tuple[bool, str]:
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return condition.get("status") == "True", condition.get("lastTransitionTime", "")
+    return False, ""
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    uid: str
+    phase: str
+    ready: bool
+    pod_hash: str
+    deleting: bool
+    exit_code: int | None
+    exit_reason: str
+    created: str
+
+    @classmethod
+    def of(cls, meta: Mapping[str, Any], status: Mapping[str, Any]) -> PodView:
+        ready, _ = _ready_condition(status)
+        exit_code, exit_reason = None, ""
+        for container in status.get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated")
+            if terminated:
+                exit_code = terminated.get("exitCode")
+                exit_reason = terminated.get("reason") or terminated.get("message") or ""
+        return cls(
+            name=meta["name"],
+            uid=meta["uid"],
+            phase=status.get("phase", "Pending"),
+            ready=ready,
+            pod_hash=(meta.get("labels") or {}).get(labels.POD_HASH, ""),
+            deleting=bool(meta.get("deletionTimestamp")),
+            exit_code=exit_code,
+            exit_reason=exit_reason,
+            created=meta.get("creationTimestamp", ""),
+        )
+
+    def age_seconds(self, now: datetime) -> float:
+        if not self.created:
+            return 0.0
+        return (now - datetime.fromisoformat(self.created.replace("Z", "+00:00"))).total_seconds()
+
+    @property
+    def exited(self) -> bool:
+        return self.phase in ("Failed", "Succeeded")
+
+
+@dataclass(frozen=True)
+class AgentView:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    created: str
+    deleting: bool
+    labels: Mapping[str, str]
+    owner_uid: str
+    ready: bool
+    ready_since: str
+    spec: Mapping[str, Any] = field(repr=False)
+    status: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def of(cls, meta: Mapping[str, Any], spec: Mapping[str, Any],
+           status: Mapping[str, Any]) -> AgentView:
+        ready, since = _ready_condition(status)
+        owner = next(
+            (o["uid"] for o in meta.get("ownerReferences") or [] if o.get("controller")), ""
+        )
+        return cls(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=meta["uid"],
+            generation=int(meta.get("generation", 0)),
+            created=meta.get("creationTimestamp", ""),
+            deleting=bool(meta.get("deletionTimestamp")),
+            labels=dict(meta.get("labels") or {}),
+            owner_uid=owner,
+            ready=ready,
+            ready_since=since if ready else "",
+            spec=spec,
+            status=status,
+        )
+
+    @property
+    def fleet(self) -> str:
+        return self.labels.get(labels.FLEET, "")
+
+    @property
+    def template_hash(self) -> str:
+        return self.labels.get(labels.TEMPLATE_HASH, "")
+
+
+@dataclass(frozen=True)
+class FleetView:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    deleting: bool
+    spec: Mapping[str, Any] = field(repr=False)
+    status: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def of(cls, meta: Mapping[str, Any], spec: Mapping[str, Any],
+           status: Mapping[str, Any]) -> FleetView:
+        return cls(
+            namespace=meta["namespace"],
+            name=meta["name"],
+            uid=meta["uid"],
+            generation=int(meta.get("generation", 0)),
+            deleting=bool(meta.get("deletionTimestamp")),
+            spec=spec,
+            status=status,
+        )
+
+
+def _one(store: Any) -> Any:
+    for value in store or ():
+        return value
+    return None
+
+
+@dataclass
+class Cache:
+    """Bound to kopf's index objects by the first handler call after they fill."""
+
+    agents: Any = None
+    agents_by_fleet: Any = None
+    fleets: Any = None
+    pods: Any = None
+
+    @property
+    def bound(self) -> bool:
+        return self.agents is not None
+
+    def bind(self, *, agents: Any, agents_by_fleet: Any, fleets: Any, pods: Any) -> None:
+        self.agents, self.agents_by_fleet, self.fleets, self.pods = (
+            agents, agents_by_fleet, fleets, pods,
+        )
+
+    def agent(self, namespace: str, name: str) -> AgentView | None:
+        result: AgentView | None = _one(self.agents.get((namespace, name)))
+        return result
+
+    def fleet(self, namespace: str, name: str) -> FleetView | None:
+        result: FleetView | None = _one(self.fleets.get((namespace, name)))
+        return result
+
+    def pod(self, namespace: str, agent: str) -> PodView | None:
+        result: PodView | None = _one(self.pods.get((namespace, agent)))
+        return result
+
+    def agents_of(self, namespace: str, fleet: str) -> Iterable[AgentView]:
+        return list(self.agents_by_fleet.get((namespace, fleet)) or ())
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "agents": sum(1 for _ in self.agents) if self.bound else 0,
+            "fleets": sum(1 for _ in self.fleets) if self.bound else 0,
+            "pods": sum(1 for _ in self.pods) if self.bound else 0,
+        }

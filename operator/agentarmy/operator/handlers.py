@@ -1,0 +1,81 @@
+"""kopf registrations: indexes that feed the cache, and event handlers that
+only queue keys. All decisions live in the reconcilers."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import kopf
+
+from agentarmy.api.common import GROUP, VERSION
+from agentarmy.operator.cache import AgentView, Cache, FleetView, PodView
+from agentarmy.operator.labels import AGENT as AGENT_LABEL
+from agentarmy.operator.labels import FLEET as FLEET_LABEL
+from agentarmy.operator.labels import MANAGED_BY, MANAGER
+from agentarmy.operator.workqueue import WorkQueue
+
+AGENT_POD_LABELS = {AGENT_LABEL: kopf.PRESENT, MANAGED_BY: MANAGER}
+
+
+def _plain(value: Any) -> dict[str, Any]:
+    return copy.deepcopy(dict(value or {}))
+
+
+def build_registry(cache: Cache, agents: WorkQueue, fleets: WorkQueue) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # In a pod: the ServiceAccount; elsewhere: $KUBECONFIG / ~/.kube/config.
+        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+        return info or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.index(GROUP, VERSION, "agents", id="agent_index", registry=registry)
+    async def agent_index(namespace: str, name: str, meta: Any, spec: Any, status: Any,
+                    **_: Any) -> dict[tuple[str, str], AgentView]:
+        return {(namespace, name): AgentView.of(meta, _plain(spec), _plain(status))}
+
+    @kopf.index(GROUP, VERSION, "agents", labels={FLEET_LABEL: kopf.PRESENT},
+                id="agents_by_fleet_index", registry=registry)
+    async def agents_by_fleet_index(namespace: str, labels: Any, meta: Any, spec: Any, status: Any,
+                              **_: Any) -> dict[tuple[str, str], AgentView]:
+        return {(namespace, labels[FLEET_LABEL]): AgentView.of(meta, {}, _plain(status))}
+
+    @kopf.index(GROUP, VERSION, "fleets", id="fleet_index", registry=registry)
+    async def fleet_index(namespace: str, name: str, meta: Any, spec: Any, status: Any,
+                    **_: Any) -> dict[tuple[str, str], FleetView]:
+        return {(namespace, name): FleetView.of(meta, _plain(spec), _plain(status))}
+
+    @kopf.index("", "v1", "pods", labels=AGENT_POD_LABELS, id="pod_index", registry=registry)
+    async def pod_index(namespace: str, labels: Any, meta: Any, status: Any,
+                  **_: Any) -> dict[tuple[str, str], PodView]:
+        return {(namespace, labels[AGENT_LABEL]): PodView.of(meta, status)}
+
+    def bind(kwargs: dict[str, Any]) -> None:
+        if not cache.bound:
+            cache.bind(agents=kwargs["agent_index"], agents_by_fleet=kwargs["agents_by_fleet_index"],
+                       fleets=kwargs["fleet_index"], pods=kwargs["pod_index"])
+
+    # Handlers are coroutines: sync ones would run in a thread pool, slower and
+    # unsafe for the asyncio work queues they feed.
+    @kopf.on.event(GROUP, VERSION, "agents", id="agent_changed", registry=registry)
+    async def agent_changed(namespace: str, name: str, labels: Any, **kwargs: Any) -> None:
+        bind(kwargs)
+        agents.add((namespace, name))
+        fleet = labels.get(FLEET_LABEL)
+        if fleet:
+            fleets.add((namespace, fleet))
+
+    @kopf.on.event(GROUP, VERSION, "fleets", id="fleet_changed", registry=registry)
+    async def fleet_changed(namespace: str, name: str, **kwargs: Any) -> None:
+        bind(kwargs)
+        fleets.add((namespace, name))
+
+    @kopf.on.event("", "v1", "pods", labels=AGENT_POD_LABELS, id="pod_changed",
+                   registry=registry)
+    async def pod_changed(namespace: str, labels: Any, **kwargs: Any) -> None:
+        bind(kwargs)
+        agents.add((namespace, labels[AGENT_LABEL]))
+
+    return registry

@@ -1,0 +1,155 @@
+"""The operator process: win the Lease, then watch (kopf) and reconcile.
+
+A replica that is not the leader only serves /healthz and waits. The leader
+runs kopf (watches and indexes), one work queue per kind and its workers,
+and keeps renewing the Lease; if renewal fails it stops everything at once
+and exits non-zero so its pod restarts as a standby.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+
+import kopf
+from lightkube import AsyncClient
+
+from agentarmy.logs import configure_json_logging
+from agentarmy.operator import labels, metrics
+from agentarmy.operator.agents import AgentReconciler
+from agentarmy.operator.cache import Cache
+from agentarmy.operator.fleets import FleetReconciler
+from agentarmy.operator.handlers import build_registry
+from agentarmy.operator.health import start_health_server
+from agentarmy.operator.kube import Kube
+from agentarmy.operator.leader import LeaderElector
+from agentarmy.operator.pods import PodContext
+from agentarmy.operator.settings import OperatorConfig, kopf_settings
+from agentarmy.operator.workqueue import Key, WorkQueue, run_workers
+
+log = logging.getLogger("agentarmy.operator")
+
+EXIT_LOST_LEADERSHIP = 3
+
+
+def instrumented(kind: str, reconcile: Callable[[Key], Awaitable[float | None]]
+                 ) -> Callable[[Key], Awaitable[float | None]]:
+    async def run(key: Key) -> float | None:
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            requeue = await reconcile(key)
+            outcome = "ok" if requeue is None else "requeue"
+            return requeue
+        finally:
+            metrics.RECONCILES.labels(kind, outcome).inc()
+            metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+    return run
+
+
+def _log_error(kind: str) -> Callable[[Key, BaseException, float], None]:
+    def report(key: Key, err: BaseException, delay: float) -> None:
+        log.warning("reconcile failed, retrying in %.1fs: %s", delay, err,
+                    extra={"kind": kind, "namespace": key[0], "object": key[1]})
+    return report
+
+
+async def _report_gauges(cache: Cache, queues: dict[str, WorkQueue]) -> None:
+    while True:
+        for kind, count in cache.counts().items():
+            metrics.MANAGED.labels(kind).set(count)
+        for kind, queue in queues.items():
+            metrics.QUEUE_DEPTH.labels(kind).set(len(queue))
+        await asyncio.sleep(5)
+
+
+async def run(config: OperatorConfig, stop: asyncio.Event) -> int:
+    client = AsyncClient(field_manager=labels.FIELD_MANAGER)
+    cache = Cache()
+    state = {"leader": False}
+    health = await start_health_server(
+        config.health_address, config.health_port,
+        alive=lambda: True, ready=lambda: not state["leader"] or cache.bound,
+    )
+    elector = LeaderElector(client, config.namespace, config.lease_name, config.identity,
+                            config.lease_seconds, config.renew_seconds, config.retry_seconds)
+    try:
+        acquiring = asyncio.create_task(elector.acquire())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({acquiring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            acquiring.cancel()
+            return 0
+        stopping.cancel()
+        state["leader"] = True
+        return await _lead(config, client, cache, elector, stop)
+    finally:
+        await health.cleanup()
+        await client.close()
+
+
+async def _lead(config: OperatorConfig, client: AsyncClient, cache: Cache,
+                elector: LeaderElector, stop: asyncio.Event) -> int:
+    agent_queue, fleet_queue = WorkQueue("agent"), WorkQueue("fleet")
+    kube = Kube(client)
+    agents = AgentReconciler(cache, kube, PodContext(config.router_url, config.router_ca_file))
+    fleets = FleetReconciler(cache, kube)
+    kopf_stop = asyncio.Event()
+    tasks = {
+        "kopf": asyncio.create_task(kopf.operator(
+            registry=build_registry(cache, agent_queue, fleet_queue),
+            settings=kopf_settings(), clusterwide=True, standalone=True, stop_flag=kopf_stop)),
+        "agents": asyncio.create_task(run_workers(
+            agent_queue, instrumented("Agent", agents.reconcile), config.agent_workers,
+            _log_error("Agent"))),
+        "fleets": asyncio.create_task(run_workers(
+            fleet_queue, instrumented("Fleet", fleets.reconcile), config.fleet_workers,
+            _log_error("Fleet"))),
+        "gauges": asyncio.create_task(_report_gauges(
+            cache, {"Agent": agent_queue, "Fleet": fleet_queue})),
+        "lease": asyncio.create_task(elector.keep()),
+        "stop": asyncio.create_task(stop.wait()),
+    }
+    done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
+    lost = tasks["lease"] in done
+    if not lost:
+        for name, task in tasks.items():
+            if task in done and name != "stop" and not task.cancelled() and task.exception():
+                log.error("%s stopped: %r", name, task.exception())
+    # Stop acting first; only then hand the lease over.
+    for name in ("agents", "fleets", "gauges", "lease"):
+        tasks[name].cancel()
+    kopf_stop.set()
+    with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+        await asyncio.wait_for(tasks["kopf"], timeout=0 if lost else 10)
+    tasks["kopf"].cancel()
+    tasks["stop"].cancel()
+    if lost:
+        log.error("lost leadership; exiting so a standby can take over")
+        return EXIT_LOST_LEADERSHIP
+    await elector.release()
+    return 0
+
+
+def main() -> int:
+    configure_json_logging()
+    config = OperatorConfig.from_env()
+    log.info("starting operator", extra={"identity": config.identity,
+                                         "router": config.router_url})
+
+    async def amain() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await run(config, stop)
+
+    return asyncio.run(amain())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

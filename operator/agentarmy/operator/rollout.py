@@ -1,0 +1,170 @@
+"""Pure decisions for a Fleet: which Agents to create and delete, and its status.
+
+The rolling update follows the Deployment controller: grow the new template
+up to ``replicas + maxSurge`` in total, and remove old Agents (unready ones
+first) only while at least ``replicas - maxUnavailable`` stay available.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from agentarmy.api.common import Condition, parse_int_or_percent, set_condition
+from agentarmy.api.fleet import FleetSpec, FleetStatus
+
+
+
+@dataclass(frozen=True)
+class Member:
+    """What the planner needs to know of one Agent of the fleet."""
+
+    name: str
+    template_hash: str
+    ready: bool
+    available: bool
+    created: str  # RFC 3339; sorts chronologically as text
+
+
+@dataclass(frozen=True)
+class Plan:
+    create: tuple[str, ...]
+    delete: tuple[str, ...]
+
+
+def rollout_bounds(spec: FleetSpec) -> tuple[int, int]:
+    """(maxSurge, maxUnavailable) resolved against replicas; never both zero."""
+    rolling = spec.strategy.rollingUpdate
+    surge = parse_int_or_percent(rolling.maxSurge, spec.replicas, round_up=True)
+    unavailable = parse_int_or_percent(rolling.maxUnavailable, spec.replicas, round_up=False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1
+    return surge, unavailable
+
+
+def least_useful_first(members: Sequence[Member]) -> list[Member]:
+    """Scale-down order: not ready before ready, then newest before oldest."""
+    newest_first = sorted(members, key=lambda m: (m.created, m.name), reverse=True)
+    return sorted(newest_first, key=lambda m: m.ready)
+
+
+def agent_name(fleet: str, template_hash: str, ordinal: int) -> str:
+    return f"{fleet}-{template_hash[:5]}-{ordinal}"
+
+
+def _new_names(fleet: str, template_hash: str, count: int, taken: set[str]) -> tuple[str, ...]:
+    """Lowest free ordinals: deterministic names make a repeated create a 409, never a twin."""
+    names: list[str] = []
+    ordinal = 0
+    while len(names) < count:
+        name = agent_name(fleet, template_hash, ordinal)
+        if name not in taken:
+            names.append(name)
+        ordinal += 1
+    return tuple(names)
+
+
+def plan(
+    fleet: str,
+    spec: FleetSpec,
+    template_hash: str,
+    members: Sequence[Member],
+    taken_names: set[str],
+) -> Plan:
+    replicas = spec.replicas
+    new = [m for m in members if m.template_hash == template_hash]
+    old = [m for m in members if m.template_hash != template_hash]
+
+    if not old:
+        if len(new) < replicas:
+            return Plan(_new_names(fleet, template_hash, replicas - len(new), taken_names), ())
+        excess = least_useful_first(new)[: len(new) - replicas]
+        return Plan((), tuple(m.name for m in excess))
+
+    surge, max_unavailable = rollout_bounds(spec)
+    to_create = max(0, min(replicas - len(new), replicas + surge - len(members)))
+    min_available = replicas - max_unavailable
+    available = sum(m.available for m in members)
+    new_unavailable = sum(not m.available for m in new)
+    budget = len(members) - min_available - new_unavailable
+    deletes: list[str] = []
+    if budget > 0:
+        ordered = least_useful_first(old)
+        unready = [m for m in ordered if not m.available]
+        deletes += [m.name for m in unready[:budget]]
+        room = min(budget - len(deletes), available - min_available)
+        ready_old = [m for m in ordered if m.available]
+        deletes += [m.name for m in ready_old[: max(0, room)]]
+    # Excess new agents (replicas lowered mid-rollout) go too, least useful first.
+    if len(new) > replicas:
+        deletes += [m.name for m in least_useful_first(new)[: len(new) - replicas]]
+    return Plan(_new_names(fleet, template_hash, to_create, taken_names), tuple(deletes))
+
+
+def is_available(ready_since: str, min_ready_seconds: int, now: datetime) -> bool:
+    if not ready_since:
+        return False
+    if min_ready_seconds == 0:
+        return True
+    since = datetime.fromisoformat(ready_since.replace("Z", "+00:00"))
+    return (now - since).total_seconds() >= min_ready_seconds
+
+
+def fleet_status(
+    spec: FleetSpec,
+    current: FleetStatus,
+    generation: int,
+    template_hash: str,
+    selector: str,
+    members: Sequence[Member],
+    halted_reason: str = "",
+) -> FleetStatus:
+    replicas = spec.replicas
+    ready = sum(m.ready for m in members)
+    available = sum(m.available for m in members)
+    updated = sum(m.template_hash == template_hash for m in members)
+    _, max_unavailable = rollout_bounds(spec)
+    complete = updated == replicas == len(members) and available == replicas
+    conditions: list[Condition] = list(current.conditions)
+
+    if available >= replicas - max_unavailable:
+        conditions = set_condition(conditions, "Available", "True", "MinimumAgentsAvailable",
+                                   f"{available} of {replicas} agents available", generation)
+    else:
+        conditions = set_condition(conditions, "Available", "False", "MinimumAgentsUnavailable",
+                                   f"{available} of {replicas} agents available, need "
+                                   f"{replicas - max_unavailable}", generation)
+    if complete:
+        conditions = set_condition(conditions, "Progressing", "True", "RolloutComplete",
+                                   f"all {replicas} agents run the current template", generation)
+        conditions = set_condition(conditions, "Reconciling", "False", "Reconciled",
+                                   "desired state reached", generation)
+    else:
+        reason = "RollingUpdate" if updated < len(members) else (
+            "ScalingUp" if len(members) < replicas else
+            "ScalingDown" if len(members) > replicas else "WaitingForAgents")
+        message = (f"{updated} updated, {ready} ready, {available} available of {replicas} "
+                   f"desired ({len(members)} exist)")
+        conditions = set_condition(conditions, "Progressing", "True", reason, message, generation)
+        conditions = set_condition(conditions, "Reconciling", "True", reason, message, generation)
+    if halted_reason:
+        phase = "Halted"
+    elif complete:
+        phase = "Available"
+    elif available < replicas - max_unavailable and updated == len(members) == replicas:
+        phase = "Degraded"
+    else:
+        phase = "Progressing"
+    return FleetStatus(
+        phase=phase,
+        replicas=len(members),
+        readyReplicas=ready,
+        updatedReplicas=updated,
+        availableReplicas=available,
+        selector=selector,
+        currentTemplateHash=template_hash,
+        observedGeneration=generation,
+        conditions=conditions,
+        queueDepth=current.queueDepth,
+    )
