@@ -39,6 +39,12 @@ def configure_json_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # Per-request and per-handler chatter: one line per API call or watch event
     # would drown the decisions at a thousand agents.
-    for noisy in ("uvicorn.access", "httpx", "httpx2", "httpcore", "aiohttp.access",
-                  "kopf.objects"):
+    for noisy in (
+        "uvicorn.access",
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "aiohttp.access",
+        "kopf.objects",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)

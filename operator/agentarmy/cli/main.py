@@ -9,34 +9,23 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from agentarmy.cli import cluster, crds
+from agentarmy.cli import agent, cluster, crds, operator, tasks
 
 Registrar = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
 
-COMMAND_GROUPS: list[Registrar] = [cluster.register, crds.register]
-
-
-def _optional_groups() -> list[Registrar]:
-    groups: list[Registrar] = []
-    try:
-        from agentarmy.cli import tasks
-    except ImportError:  # router client not built yet
-        pass
-    else:
-        groups.append(tasks.register)
-    try:
-        from agentarmy.cli import agent
-    except ImportError:
-        pass
-    else:
-        groups.append(agent.register)
-    return groups
+COMMAND_GROUPS: list[Registrar] = [
+    cluster.register,
+    crds.register,
+    operator.register,
+    agent.register,
+    tasks.register,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="armyctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in COMMAND_GROUPS + _optional_groups():
+    for register in COMMAND_GROUPS:
         register(sub)
     return parser
 

@@ -65,16 +65,24 @@ def agent_status(
         why = f"agent process exited (code {exited.exit_code}, {exited.exit_reason or 'no reason'})"
         conds = set_condition(conds, "Ready", "False", "AgentExited", why, gen)
         conds = set_condition(conds, "Degraded", "True", "AgentExited", why + "; pod replaced", gen)
-        conds = set_condition(conds, "Progressing", "True", "ReplacingPod", "creating a new pod", gen)
+        conds = set_condition(
+            conds, "Progressing", "True", "ReplacingPod", "creating a new pod", gen
+        )
         phase = "Degraded"
     elif pod is None or pod.deleting or seen.replacing_outdated:
-        reason = "UpdatingPod" if seen.replacing_outdated or (pod and pod.deleting) else "CreatingPod"
+        reason = (
+            "UpdatingPod" if seen.replacing_outdated or (pod and pod.deleting) else "CreatingPod"
+        )
         conds = set_condition(conds, "Ready", "False", reason, "pod is being (re)created", gen)
         conds = set_condition(conds, "Progressing", "True", reason, "pod is being (re)created", gen)
         phase = "Starting" if reason == "UpdatingPod" else "Pending"
     elif pod.ready and pod.phase == "Running":
-        conds = set_condition(conds, "Ready", "True", "PodReady", "agent pod is running and ready", gen)
-        conds = set_condition(conds, "Progressing", "False", "Reconciled", "pod matches the spec", gen)
+        conds = set_condition(
+            conds, "Ready", "True", "PodReady", "agent pod is running and ready", gen
+        )
+        conds = set_condition(
+            conds, "Progressing", "False", "Reconciled", "pod matches the spec", gen
+        )
         conds = set_condition(conds, "Degraded", "False", "AgentRunning", "agent is healthy", gen)
         phase = "Running"
     else:
@@ -84,14 +92,16 @@ def agent_status(
         phase = "Pending" if pod.phase == "Pending" else "Starting"
     if not any(c.type == "Degraded" for c in conds):
         conds = set_condition(conds, "Degraded", "False", "AgentRunning", "no failure seen", gen)
-    return current.model_copy(update={
-        "phase": phase,
-        "conditions": conds,
-        "observedGeneration": gen,
-        "podName": agent.name,
-        "templateHash": seen.desired_hash,
-        "podRestarts": restarts,
-    })
+    return current.model_copy(
+        update={
+            "phase": phase,
+            "conditions": conds,
+            "observedGeneration": gen,
+            "podName": agent.name,
+            "templateHash": seen.desired_hash,
+            "podRestarts": restarts,
+        }
+    )
 
 
 class AgentReconciler:
@@ -104,8 +114,9 @@ class AgentReconciler:
         self.expectations = Expectations()
 
     def desired_pod(self, agent: AgentView, spec: AgentSpec) -> dict[str, Any]:
-        return render_pod(agent.name, agent.namespace, agent.uid, dict(agent.labels), spec,
-                          self.ctx)
+        return render_pod(
+            agent.name, agent.namespace, agent.uid, dict(agent.labels), spec, self.ctx
+        )
 
     async def reconcile(self, key: Key) -> float | None:
         namespace, name = key
@@ -115,8 +126,9 @@ class AgentReconciler:
         try:
             spec = AgentSpec.model_validate(agent.spec)
         except ValidationError as err:
-            await self._write_status(agent, agent_status(agent, _first_error(err),
-                                                         Observation(None, "")))
+            await self._write_status(
+                agent, agent_status(agent, _first_error(err), Observation(None, ""))
+            )
             return None
         desired = self.desired_pod(agent, spec)
         desired_hash = desired["metadata"]["labels"][labels.POD_HASH]
@@ -130,32 +142,43 @@ class AgentReconciler:
                 await self.kube.create(desired)
             except ApiError as err:
                 message = f"cannot create pod: {err.status.message}"
-                await self._write_status(agent, agent_status(agent, "", Observation(
-                    None, desired_hash), create_error=message))
+                await self._write_status(
+                    agent,
+                    agent_status(agent, "", Observation(None, desired_hash), create_error=message),
+                )
                 raise
             self.expectations.expect(key, [name])
             log.info("created pod", extra={"namespace": namespace, "agent": name})
             if not agent.status.get("observedGeneration"):
                 return FIRST_LOOK_SECONDS  # the first status write waits for the outcome
-            await self._write_status(agent, agent_status(agent, "", Observation(None, desired_hash)))
+            await self._write_status(
+                agent, agent_status(agent, "", Observation(None, desired_hash))
+            )
             return FIRST_LOOK_SECONDS
         self.expectations.pending(key, {name})  # seen: forget the expectation
         if pod.deleting:
             return WAIT_FOR_POD_GONE_SECONDS
         if pod.exited:
             await self.kube.delete("Pod", namespace, name)
-            await self.kube.event(who, "Warning", "AgentExited",
-                                  f"agent process exited with code {pod.exit_code}; "
-                                  "replacing its pod")
-            await self._write_status(agent, agent_status(
-                agent, "", Observation(pod, desired_hash, replaced_exited=pod)))
+            await self.kube.event(
+                who,
+                "Warning",
+                "AgentExited",
+                f"agent process exited with code {pod.exit_code}; replacing its pod",
+            )
+            await self._write_status(
+                agent, agent_status(agent, "", Observation(pod, desired_hash, replaced_exited=pod))
+            )
             return WAIT_FOR_POD_GONE_SECONDS
         if pod.pod_hash != desired_hash:
             await self.kube.delete("Pod", namespace, name)
-            await self.kube.event(who, "Normal", "PodReplaced",
-                                  "agent spec changed; replacing its pod")
-            await self._write_status(agent, agent_status(
-                agent, "", Observation(pod, desired_hash, replacing_outdated=True)))
+            await self.kube.event(
+                who, "Normal", "PodReplaced", "agent spec changed; replacing its pod"
+            )
+            await self._write_status(
+                agent,
+                agent_status(agent, "", Observation(pod, desired_hash, replacing_outdated=True)),
+            )
             return WAIT_FOR_POD_GONE_SECONDS
         if not pod.ready and not agent.status.get("observedGeneration"):
             # A new agent: its first status should say Ready, not "pending" and
@@ -169,7 +192,9 @@ class AgentReconciler:
     async def _write_status(self, agent: AgentView, status: AgentStatus) -> None:
         """Patch status only when it carries news."""
         new = status.model_dump(mode="json", exclude_none=True)
-        old = AgentStatus.model_validate(agent.status or {}).model_dump(mode="json", exclude_none=True)
+        old = AgentStatus.model_validate(agent.status or {}).model_dump(
+            mode="json", exclude_none=True
+        )
         if new != old:
             await self.kube.patch_status("Agent", agent.namespace, agent.name, new)
 

@@ -82,8 +82,9 @@ class AgentView:
     status: Mapping[str, Any] = field(repr=False)
 
     @classmethod
-    def of(cls, meta: Mapping[str, Any], spec: Mapping[str, Any],
-           status: Mapping[str, Any]) -> AgentView:
+    def of(
+        cls, meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any]
+    ) -> AgentView:
         ready, since = _ready_condition(status)
         owner = next(
             (o["uid"] for o in meta.get("ownerReferences") or [] if o.get("controller")), ""
@@ -123,8 +124,9 @@ class FleetView:
     status: Mapping[str, Any] = field(repr=False)
 
     @classmethod
-    def of(cls, meta: Mapping[str, Any], spec: Mapping[str, Any],
-           status: Mapping[str, Any]) -> FleetView:
+    def of(
+        cls, meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any]
+    ) -> FleetView:
         return cls(
             namespace=meta["namespace"],
             name=meta["name"],
@@ -157,7 +159,10 @@ class Cache:
 
     def bind(self, *, agents: Any, agents_by_fleet: Any, fleets: Any, pods: Any) -> None:
         self.agents, self.agents_by_fleet, self.fleets, self.pods = (
-            agents, agents_by_fleet, fleets, pods,
+            agents,
+            agents_by_fleet,
+            fleets,
+            pods,
         )
 
     def agent(self, namespace: str, name: str) -> AgentView | None:

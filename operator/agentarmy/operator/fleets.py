@@ -48,10 +48,16 @@ def agent_body(fleet: FleetView, spec: FleetSpec, name: str, hash_: str) -> dict
         "metadata": {
             "name": name,
             "namespace": fleet.namespace,
-            "labels": {**template.metadata.labels, labels.FLEET: fleet.name,
-                       labels.TEMPLATE_HASH: hash_, labels.MANAGED_BY: labels.MANAGER},
+            "labels": {
+                **template.metadata.labels,
+                labels.FLEET: fleet.name,
+                labels.TEMPLATE_HASH: hash_,
+                labels.MANAGED_BY: labels.MANAGER,
+            },
             "annotations": dict(template.metadata.annotations),
-            "ownerReferences": [labels.owner_reference(API_VERSION, "Fleet", fleet.name, fleet.uid)],
+            "ownerReferences": [
+                labels.owner_reference(API_VERSION, "Fleet", fleet.name, fleet.uid)
+            ],
         },
         "spec": template.spec.model_dump(mode="json", exclude_none=True),
     }
@@ -84,8 +90,13 @@ class FleetReconciler:
         agents = [a for a in self.cache.agents_of(namespace, name) if a.owner_uid == fleet.uid]
         live = [a for a in agents if not a.deleting]
         members = [
-            rollout.Member(a.name, a.template_hash, a.ready,
-                           rollout.is_available(a.ready_since, spec.minReadySeconds, now), a.created)
+            rollout.Member(
+                a.name,
+                a.template_hash,
+                a.ready,
+                rollout.is_available(a.ready_since, spec.minReadySeconds, now),
+                a.created,
+            )
             for a in live
         ]
         seen = {a.name for a in agents}
@@ -97,42 +108,63 @@ class FleetReconciler:
         await self._apply(fleet, spec, hash_, decision)
 
         status = rollout.fleet_status(
-            spec, FleetStatus.model_validate(fleet.status or {}), fleet.generation, hash_,
-            selector_string(name, spec), [m for m in members if m.name not in decision.delete],
+            spec,
+            FleetStatus.model_validate(fleet.status or {}),
+            fleet.generation,
+            hash_,
+            selector_string(name, spec),
+            [m for m in members if m.name not in decision.delete],
         )
         requeue = await self._write_status(key, fleet, status)
         if spec.minReadySeconds and any(m.ready and not m.available for m in members):
             requeue = min(requeue or spec.minReadySeconds, float(spec.minReadySeconds))
         return requeue
 
-    async def _apply(self, fleet: FleetView, spec: FleetSpec, hash_: str,
-                     decision: rollout.Plan) -> None:
+    async def _apply(
+        self, fleet: FleetView, spec: FleetSpec, hash_: str, decision: rollout.Plan
+    ) -> None:
         key = (fleet.namespace, fleet.name)
         if decision.create:
             self.expectations.expect(key, decision.create)
-            await self._bounded(self.kube.create(agent_body(fleet, spec, n, hash_))
-                                for n in decision.create)
+            await self._bounded(
+                self.kube.create(agent_body(fleet, spec, n, hash_)) for n in decision.create
+            )
         if decision.delete:
-            await self._bounded(self.kube.delete("Agent", fleet.namespace, n)
-                                for n in decision.delete)
+            await self._bounded(
+                self.kube.delete("Agent", fleet.namespace, n) for n in decision.delete
+            )
         if decision.create or decision.delete:
-            log.info("scaled fleet", extra={"namespace": fleet.namespace, "fleet": fleet.name,
-                                            "agentsCreated": len(decision.create),
-                                            "agentsDeleted": len(decision.delete)})
+            log.info(
+                "scaled fleet",
+                extra={
+                    "namespace": fleet.namespace,
+                    "fleet": fleet.name,
+                    "agentsCreated": len(decision.create),
+                    "agentsDeleted": len(decision.delete),
+                },
+            )
             parts = []
             if decision.create:
                 parts.append(f"created {len(decision.create)} agent(s)")
             if decision.delete:
                 parts.append(f"deleted {len(decision.delete)} agent(s)")
-            reason = "ScaledUp" if decision.create and not decision.delete else (
-                "ScaledDown" if not decision.create else "RollingUpdate")
-            await self.kube.event(involved("Fleet", fleet.namespace, fleet.name, fleet.uid),
-                                  "Normal", reason, "; ".join(parts))
+            reason = (
+                "ScaledUp"
+                if decision.create and not decision.delete
+                else ("ScaledDown" if not decision.create else "RollingUpdate")
+            )
+            await self.kube.event(
+                involved("Fleet", fleet.namespace, fleet.name, fleet.uid),
+                "Normal",
+                reason,
+                "; ".join(parts),
+            )
 
     async def _bounded(self, calls: Any) -> None:
         async def one(call: Any) -> Any:
             async with self._writes:
                 return await call
+
         results = await asyncio.gather(*(one(c) for c in calls), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -140,7 +172,9 @@ class FleetReconciler:
 
     async def _write_status(self, key: Key, fleet: FleetView, status: FleetStatus) -> float | None:
         new = status.model_dump(mode="json", exclude_none=True)
-        old = FleetStatus.model_validate(fleet.status or {}).model_dump(mode="json", exclude_none=True)
+        old = FleetStatus.model_validate(fleet.status or {}).model_dump(
+            mode="json", exclude_none=True
+        )
         if new == old:
             return None
         wait = self._last_status_write.get(key, 0.0) + STATUS_INTERVAL - time.monotonic()
@@ -154,12 +188,19 @@ class FleetReconciler:
         first = err.errors()[0]
         message = f"spec.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
         current = FleetStatus.model_validate(fleet.status or {})
-        conditions = set_condition(current.conditions, "Progressing", "False", "InvalidSpec",
-                                   message, fleet.generation)
-        status = current.model_copy(update={"conditions": conditions, "phase": "Degraded",
-                                            "observedGeneration": fleet.generation})
-        await self.kube.patch_status("Fleet", fleet.namespace, fleet.name,
-                                     status.model_dump(mode="json", exclude_none=True))
+        conditions = set_condition(
+            current.conditions, "Progressing", "False", "InvalidSpec", message, fleet.generation
+        )
+        status = current.model_copy(
+            update={
+                "conditions": conditions,
+                "phase": "Degraded",
+                "observedGeneration": fleet.generation,
+            }
+        )
+        await self.kube.patch_status(
+            "Fleet", fleet.namespace, fleet.name, status.model_dump(mode="json", exclude_none=True)
+        )
 
 
 __all__ = ["FleetReconciler", "parse_duration", "template_hash"]

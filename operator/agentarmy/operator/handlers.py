@@ -4,6 +4,7 @@ only queue keys. All decisions live in the reconcilers."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -15,7 +16,10 @@ from agentarmy.operator.labels import FLEET as FLEET_LABEL
 from agentarmy.operator.labels import MANAGED_BY, MANAGER
 from agentarmy.operator.workqueue import WorkQueue
 
-AGENT_POD_LABELS = {AGENT_LABEL: kopf.PRESENT, MANAGED_BY: MANAGER}
+AGENT_POD_LABELS: dict[str, Any] = {
+    AGENT_LABEL: kopf.PRESENT,
+    MANAGED_BY: MANAGER,
+}
 
 
 def _plain(value: Any) -> dict[str, Any]:
@@ -32,50 +36,84 @@ def build_registry(cache: Cache, agents: WorkQueue, fleets: WorkQueue) -> kopf.O
         return info or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.index(GROUP, VERSION, "agents", id="agent_index", registry=registry)
-    async def agent_index(namespace: str, name: str, meta: Any, spec: Any, status: Any,
-                    **_: Any) -> dict[tuple[str, str], AgentView]:
-        return {(namespace, name): AgentView.of(meta, _plain(spec), _plain(status))}
+    async def agent_index(
+        namespace: str | None,
+        name: str,
+        meta: kopf.Meta,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        **_: Any,
+    ) -> dict[tuple[str, str], AgentView]:
+        return {(namespace or "", name): AgentView.of(meta, _plain(spec), _plain(status))}
 
-    @kopf.index(GROUP, VERSION, "agents", labels={FLEET_LABEL: kopf.PRESENT},
-                id="agents_by_fleet_index", registry=registry)
-    async def agents_by_fleet_index(namespace: str, labels: Any, meta: Any, spec: Any, status: Any,
-                              **_: Any) -> dict[tuple[str, str], AgentView]:
-        return {(namespace, labels[FLEET_LABEL]): AgentView.of(meta, {}, _plain(status))}
+    @kopf.index(
+        GROUP,
+        VERSION,
+        "agents",
+        labels={FLEET_LABEL: kopf.PRESENT},
+        id="agents_by_fleet_index",
+        registry=registry,
+    )
+    async def agents_by_fleet_index(
+        namespace: str | None,
+        labels: Mapping[str, str],
+        meta: kopf.Meta,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        **_: Any,
+    ) -> dict[tuple[str, str], AgentView]:
+        return {(namespace or "", labels[FLEET_LABEL]): AgentView.of(meta, {}, _plain(status))}
 
     @kopf.index(GROUP, VERSION, "fleets", id="fleet_index", registry=registry)
-    async def fleet_index(namespace: str, name: str, meta: Any, spec: Any, status: Any,
-                    **_: Any) -> dict[tuple[str, str], FleetView]:
-        return {(namespace, name): FleetView.of(meta, _plain(spec), _plain(status))}
+    async def fleet_index(
+        namespace: str | None,
+        name: str,
+        meta: kopf.Meta,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        **_: Any,
+    ) -> dict[tuple[str, str], FleetView]:
+        return {(namespace or "", name): FleetView.of(meta, _plain(spec), _plain(status))}
 
     @kopf.index("", "v1", "pods", labels=AGENT_POD_LABELS, id="pod_index", registry=registry)
-    async def pod_index(namespace: str, labels: Any, meta: Any, status: Any,
-                  **_: Any) -> dict[tuple[str, str], PodView]:
-        return {(namespace, labels[AGENT_LABEL]): PodView.of(meta, status)}
+    async def pod_index(
+        namespace: str | None,
+        labels: Mapping[str, str],
+        meta: kopf.Meta,
+        status: kopf.Status,
+        **_: Any,
+    ) -> dict[tuple[str, str], PodView]:
+        return {(namespace or "", labels[AGENT_LABEL]): PodView.of(meta, status)}
 
     def bind(kwargs: dict[str, Any]) -> None:
         if not cache.bound:
-            cache.bind(agents=kwargs["agent_index"], agents_by_fleet=kwargs["agents_by_fleet_index"],
-                       fleets=kwargs["fleet_index"], pods=kwargs["pod_index"])
+            cache.bind(
+                agents=kwargs["agent_index"],
+                agents_by_fleet=kwargs["agents_by_fleet_index"],
+                fleets=kwargs["fleet_index"],
+                pods=kwargs["pod_index"],
+            )
 
     # Handlers are coroutines: sync ones would run in a thread pool, slower and
     # unsafe for the asyncio work queues they feed.
     @kopf.on.event(GROUP, VERSION, "agents", id="agent_changed", registry=registry)
-    async def agent_changed(namespace: str, name: str, labels: Any, **kwargs: Any) -> None:
+    async def agent_changed(
+        namespace: str | None, name: str, labels: Mapping[str, str], **kwargs: Any
+    ) -> None:
         bind(kwargs)
-        agents.add((namespace, name))
+        agents.add((namespace or "", name))
         fleet = labels.get(FLEET_LABEL)
         if fleet:
-            fleets.add((namespace, fleet))
+            fleets.add((namespace or "", fleet))
 
     @kopf.on.event(GROUP, VERSION, "fleets", id="fleet_changed", registry=registry)
-    async def fleet_changed(namespace: str, name: str, **kwargs: Any) -> None:
+    async def fleet_changed(namespace: str | None, name: str, **kwargs: Any) -> None:
         bind(kwargs)
-        fleets.add((namespace, name))
+        fleets.add((namespace or "", name))
 
-    @kopf.on.event("", "v1", "pods", labels=AGENT_POD_LABELS, id="pod_changed",
-                   registry=registry)
-    async def pod_changed(namespace: str, labels: Any, **kwargs: Any) -> None:
+    @kopf.on.event("", "v1", "pods", labels=AGENT_POD_LABELS, id="pod_changed", registry=registry)
+    async def pod_changed(namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
         bind(kwargs)
-        agents.add((namespace, labels[AGENT_LABEL]))
+        agents.add((namespace or "", labels[AGENT_LABEL]))
 
     return registry

@@ -22,7 +22,7 @@ log = logging.getLogger("agentarmy.operator")
 
 AgentResource = create_namespaced_resource(GROUP, VERSION, "Agent", "agents")
 FleetResource = create_namespaced_resource(GROUP, VERSION, "Fleet", "fleets")
-RESOURCES = {"Agent": AgentResource, "Fleet": FleetResource, "Pod": Pod}
+RESOURCES: dict[str, Any] = {"Agent": AgentResource, "Fleet": FleetResource, "Pod": Pod}
 
 
 class Kube:
@@ -61,20 +61,25 @@ class Kube:
             raise
         return True
 
-    async def patch_status(self, kind: str, namespace: str, name: str,
-                           status: dict[str, Any]) -> None:
+    async def patch_status(
+        self, kind: str, namespace: str, name: str, status: dict[str, Any]
+    ) -> None:
         metrics.API_WRITES.labels("patch-status", kind).inc()
         try:
-            await self.client.patch(RESOURCES[kind].Status, name, {"status": status},
-                                    namespace=namespace, patch_type=PatchType.MERGE)
+            await self.client.patch(
+                RESOURCES[kind].Status,
+                name,
+                {"status": status},
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
         except ApiError as err:
             self._failed("patch-status", kind, err)
             if err.status.code == 404:
                 return
             raise
 
-    async def event(self, involved: dict[str, str], type_: str, reason: str,
-                    message: str) -> None:
+    async def event(self, involved: dict[str, str], type_: str, reason: str, message: str) -> None:
         """Post a core/v1 Event about a resource; failures are logged, never raised."""
         now = now_rfc3339()
         body = {
@@ -99,11 +104,21 @@ class Kube:
             await self.client.create(codecs.from_dict(body))
         except ApiError as err:
             self._failed("create", "Event", err)
-            log.warning("could not post event %s on %s/%s: %s", reason,
-                        involved["namespace"], involved["name"], err)
+            log.warning(
+                "could not post event %s on %s/%s: %s",
+                reason,
+                involved["namespace"],
+                involved["name"],
+                err,
+            )
 
 
 def involved(kind: str, namespace: str, name: str, uid: str) -> dict[str, str]:
     api_version = "v1" if kind == "Pod" else f"{GROUP}/{VERSION}"
-    return {"apiVersion": api_version, "kind": kind, "namespace": namespace, "name": name,
-            "uid": uid}
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "namespace": namespace,
+        "name": name,
+        "uid": uid,
+    }

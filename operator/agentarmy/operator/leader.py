@@ -29,8 +29,16 @@ def _now() -> datetime:
 
 
 class LeaderElector:
-    def __init__(self, client: AsyncClient, namespace: str, name: str, identity: str,
-                 lease_seconds: float, renew_seconds: float, retry_seconds: float) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        lease_seconds: float,
+        renew_seconds: float,
+        retry_seconds: float,
+    ) -> None:
         self.client = client
         self.namespace = namespace
         self.name = name
@@ -45,7 +53,7 @@ class LeaderElector:
     async def acquire(self) -> None:
         """Block until this replica holds the lease."""
         log.info("waiting for leadership", extra={"lease": self.name, "identity": self.identity})
-        while not await self._try():
+        while not await self._try():  # noqa: ASYNC110 - polls the API server
             await asyncio.sleep(self.retry_seconds)
         metrics.LEADER.set(1)
         log.info("became leader", extra={"lease": self.name, "identity": self.identity})

@@ -36,8 +36,13 @@ log = logging.getLogger("agentarmy.operator")
 EXIT_LOST_LEADERSHIP = 3
 
 
-def instrumented(kind: str, reconcile: Callable[[Key], Awaitable[float | None]]
-                 ) -> Callable[[Key], Awaitable[float | None]]:
+class StartupError(RuntimeError):
+    """The operator cannot start; the message says what to change."""
+
+
+def instrumented(
+    kind: str, reconcile: Callable[[Key], Awaitable[float | None]]
+) -> Callable[[Key], Awaitable[float | None]]:
     async def run(key: Key) -> float | None:
         started = time.perf_counter()
         outcome = "error"
@@ -48,13 +53,19 @@ def instrumented(kind: str, reconcile: Callable[[Key], Awaitable[float | None]]
         finally:
             metrics.RECONCILES.labels(kind, outcome).inc()
             metrics.RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+
     return run
 
 
 def _log_error(kind: str) -> Callable[[Key, BaseException, float], None]:
     def report(key: Key, err: BaseException, delay: float) -> None:
-        log.warning("reconcile failed, retrying in %.1fs: %s", delay, err,
-                    extra={"kind": kind, "namespace": key[0], "object": key[1]})
+        log.warning(
+            "reconcile failed, retrying in %.1fs: %s",
+            delay,
+            err,
+            extra={"kind": kind, "namespace": key[0], "object": key[1]},
+        )
+
     return report
 
 
@@ -71,12 +82,28 @@ async def run(config: OperatorConfig, stop: asyncio.Event) -> int:
     client = AsyncClient(field_manager=labels.FIELD_MANAGER)
     cache = Cache()
     state = {"leader": False}
-    health = await start_health_server(
-        config.health_address, config.health_port,
-        alive=lambda: True, ready=lambda: not state["leader"] or cache.bound,
+    try:
+        health = await start_health_server(
+            config.health_address,
+            config.health_port,
+            alive=lambda: True,
+            ready=lambda: not state["leader"] or cache.bound,
+        )
+    except OSError as err:
+        await client.close()
+        raise StartupError(
+            f"cannot serve /healthz and /metrics on {config.health_address}:"
+            f"{config.health_port}: {err.strerror}; set AGENTARMY_HEALTH_PORT to a free port"
+        ) from None
+    elector = LeaderElector(
+        client,
+        config.namespace,
+        config.lease_name,
+        config.identity,
+        config.lease_seconds,
+        config.renew_seconds,
+        config.retry_seconds,
     )
-    elector = LeaderElector(client, config.namespace, config.lease_name, config.identity,
-                            config.lease_seconds, config.renew_seconds, config.retry_seconds)
     try:
         acquiring = asyncio.create_task(elector.acquire())
         stopping = asyncio.create_task(stop.wait())
@@ -92,25 +119,47 @@ async def run(config: OperatorConfig, stop: asyncio.Event) -> int:
         await client.close()
 
 
-async def _lead(config: OperatorConfig, client: AsyncClient, cache: Cache,
-                elector: LeaderElector, stop: asyncio.Event) -> int:
+async def _lead(
+    config: OperatorConfig,
+    client: AsyncClient,
+    cache: Cache,
+    elector: LeaderElector,
+    stop: asyncio.Event,
+) -> int:
     agent_queue, fleet_queue = WorkQueue("agent"), WorkQueue("fleet")
     kube = Kube(client)
     agents = AgentReconciler(cache, kube, PodContext(config.router_url, config.router_ca_file))
     fleets = FleetReconciler(cache, kube)
     kopf_stop = asyncio.Event()
     tasks = {
-        "kopf": asyncio.create_task(kopf.operator(
-            registry=build_registry(cache, agent_queue, fleet_queue),
-            settings=kopf_settings(), clusterwide=True, standalone=True, stop_flag=kopf_stop)),
-        "agents": asyncio.create_task(run_workers(
-            agent_queue, instrumented("Agent", agents.reconcile), config.agent_workers,
-            _log_error("Agent"))),
-        "fleets": asyncio.create_task(run_workers(
-            fleet_queue, instrumented("Fleet", fleets.reconcile), config.fleet_workers,
-            _log_error("Fleet"))),
-        "gauges": asyncio.create_task(_report_gauges(
-            cache, {"Agent": agent_queue, "Fleet": fleet_queue})),
+        "kopf": asyncio.create_task(
+            kopf.operator(
+                registry=build_registry(cache, agent_queue, fleet_queue),
+                settings=kopf_settings(),
+                clusterwide=True,
+                standalone=True,
+                stop_flag=kopf_stop,
+            )
+        ),
+        "agents": asyncio.create_task(
+            run_workers(
+                agent_queue,
+                instrumented("Agent", agents.reconcile),
+                config.agent_workers,
+                _log_error("Agent"),
+            )
+        ),
+        "fleets": asyncio.create_task(
+            run_workers(
+                fleet_queue,
+                instrumented("Fleet", fleets.reconcile),
+                config.fleet_workers,
+                _log_error("Fleet"),
+            )
+        ),
+        "gauges": asyncio.create_task(
+            _report_gauges(cache, {"Agent": agent_queue, "Fleet": fleet_queue})
+        ),
         "lease": asyncio.create_task(elector.keep()),
         "stop": asyncio.create_task(stop.wait()),
     }
@@ -138,8 +187,7 @@ async def _lead(config: OperatorConfig, client: AsyncClient, cache: Cache,
 def main() -> int:
     configure_json_logging()
     config = OperatorConfig.from_env()
-    log.info("starting operator", extra={"identity": config.identity,
-                                         "router": config.router_url})
+    log.info("starting operator", extra={"identity": config.identity, "router": config.router_url})
 
     async def amain() -> int:
         stop = asyncio.Event()
@@ -148,7 +196,11 @@ def main() -> int:
             loop.add_signal_handler(sig, stop.set)
         return await run(config, stop)
 
-    return asyncio.run(amain())
+    try:
+        return asyncio.run(amain())
+    except StartupError as err:
+        log.error("%s", err)
+        return 2
 
 
 if __name__ == "__main__":

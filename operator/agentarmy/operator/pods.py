@@ -57,13 +57,15 @@ def _runtime_env(
         values[env.MODEL_TEMPERATURE] = str(model.temperature)
     if model.maxOutputTokens is not None:
         values[env.MODEL_MAX_OUTPUT_TOKENS] = str(model.maxOutputTokens)
-    result = [{"name": k, "value": v} for k, v in values.items() if v != ""]
+    result: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items() if v]
     if model.apiKeySecretRef is not None:
         ref = model.apiKeySecretRef
-        result.append({
-            "name": env.MODEL_API_KEY,
-            "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-        })
+        result.append(
+            {
+                "name": env.MODEL_API_KEY,
+                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+            }
+        )
     return result
 
 
@@ -141,13 +143,15 @@ def render_pod(
             {
                 "name": "router-token",
                 "projected": {
-                    "sources": [{
-                        "serviceAccountToken": {
-                            "audience": env.TOKEN_AUDIENCE,
-                            "expirationSeconds": TOKEN_TTL_SECONDS,
-                            "path": env.DEFAULT_TOKEN_PATH.rsplit("/", 1)[1],
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "audience": env.TOKEN_AUDIENCE,
+                                "expirationSeconds": TOKEN_TTL_SECONDS,
+                                "path": env.DEFAULT_TOKEN_PATH.rsplit("/", 1)[1],
+                            }
                         }
-                    }]
+                    ]
                 },
             },
         ],

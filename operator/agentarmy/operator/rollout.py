@@ -15,7 +15,6 @@ from agentarmy.api.common import Condition, parse_int_or_percent, set_condition
 from agentarmy.api.fleet import FleetSpec, FleetStatus
 
 
-
 @dataclass(frozen=True)
 class Member:
     """What the planner needs to know of one Agent of the fleet."""
@@ -129,23 +128,51 @@ def fleet_status(
     conditions: list[Condition] = list(current.conditions)
 
     if available >= replicas - max_unavailable:
-        conditions = set_condition(conditions, "Available", "True", "MinimumAgentsAvailable",
-                                   f"{available} of {replicas} agents available", generation)
+        conditions = set_condition(
+            conditions,
+            "Available",
+            "True",
+            "MinimumAgentsAvailable",
+            f"{available} of {replicas} agents available",
+            generation,
+        )
     else:
-        conditions = set_condition(conditions, "Available", "False", "MinimumAgentsUnavailable",
-                                   f"{available} of {replicas} agents available, need "
-                                   f"{replicas - max_unavailable}", generation)
+        conditions = set_condition(
+            conditions,
+            "Available",
+            "False",
+            "MinimumAgentsUnavailable",
+            f"{available} of {replicas} agents available, need {replicas - max_unavailable}",
+            generation,
+        )
     if complete:
-        conditions = set_condition(conditions, "Progressing", "True", "RolloutComplete",
-                                   f"all {replicas} agents run the current template", generation)
-        conditions = set_condition(conditions, "Reconciling", "False", "Reconciled",
-                                   "desired state reached", generation)
+        conditions = set_condition(
+            conditions,
+            "Progressing",
+            "True",
+            "RolloutComplete",
+            f"all {replicas} agents run the current template",
+            generation,
+        )
+        conditions = set_condition(
+            conditions, "Reconciling", "False", "Reconciled", "desired state reached", generation
+        )
     else:
-        reason = "RollingUpdate" if updated < len(members) else (
-            "ScalingUp" if len(members) < replicas else
-            "ScalingDown" if len(members) > replicas else "WaitingForAgents")
-        message = (f"{updated} updated, {ready} ready, {available} available of {replicas} "
-                   f"desired ({len(members)} exist)")
+        reason = (
+            "RollingUpdate"
+            if updated < len(members)
+            else (
+                "ScalingUp"
+                if len(members) < replicas
+                else "ScalingDown"
+                if len(members) > replicas
+                else "WaitingForAgents"
+            )
+        )
+        message = (
+            f"{updated} updated, {ready} ready, {available} available of {replicas} "
+            f"desired ({len(members)} exist)"
+        )
         conditions = set_condition(conditions, "Progressing", "True", reason, message, generation)
         conditions = set_condition(conditions, "Reconciling", "True", reason, message, generation)
     if halted_reason:

@@ -25,8 +25,11 @@ class OperatorConfig:
     """A standby takes over at most this long (plus one retry) after the leader dies."""
     renew_seconds: float = 5.0
     retry_seconds: float = 2.0
-    identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or os.uname().nodename
-                          + f"-{os.getpid()}")
+    identity: str = field(
+        default_factory=lambda: (
+            os.environ.get("POD_NAME") or os.uname().nodename + f"-{os.getpid()}"
+        )
+    )
     health_address: str = "127.0.0.1"
     health_port: int = 8080
     """/healthz, /readyz and /metrics."""

@@ -51,7 +51,7 @@ class WorkQueue:
     def retry(self, key: Key) -> float:
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
-        delay = min(BASE_DELAY * 2 ** (failures - 1), MAX_DELAY)
+        delay = min(BASE_DELAY * 2.0 ** (failures - 1), MAX_DELAY)
         self.add_after(key, delay)
         return delay
 

@@ -1,0 +1,94 @@
+"""Run the real operator as a local process against a cluster (tests, demo, benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from agentarmy.devcluster.cluster import free_port
+
+OPERATOR_NAMESPACE = "agentarmy-system"
+
+
+class OperatorProcess:
+    """One operator replica on a free health port; short lease timings by default."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        identity: str,
+        lease_seconds: float = 6.0,
+        router_url: str = "http://127.0.0.1:1",
+    ) -> None:
+        self.kubeconfig = kubeconfig
+        self.identity = identity
+        self.port = free_port()
+        self.lease_seconds = lease_seconds
+        self.router_url = router_url
+        self.log = Path(tempfile.mkstemp(prefix=f"operator-{identity}-", suffix=".log")[1])
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "POD_NAME": self.identity,
+            "AGENTARMY_HEALTH_PORT": str(self.port),
+            "AGENTARMY_LEASE_SECONDS": str(self.lease_seconds),
+            "AGENTARMY_RENEW_SECONDS": "1",
+            "AGENTARMY_RETRY_SECONDS": "0.5",
+            "AGENTARMY_ROUTER_URL": self.router_url,
+        }
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "agentarmy.operator.main"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def metrics(self) -> dict[str, float]:
+        """Sample values by full series name (labels included)."""
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line.startswith("agentarmy_") and " " in line:
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return values
+
+    def is_leader(self) -> bool:
+        try:
+            return self.metrics().get("agentarmy_operator_leader", 0.0) == 1.0
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
