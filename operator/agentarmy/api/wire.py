@@ -8,10 +8,10 @@ RFC 3339 when it mirrors them into status.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic_core
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator
 
 from agentarmy.api.agent import Capability
 from agentarmy.api.common import DNSLabel, FreeForm, LabelValue, Model, parse_duration
@@ -19,16 +19,14 @@ from agentarmy.api.task import TaskPhase, TaskSpec
 
 MAX_INPUT_BYTES = 256 * 1024
 """Largest task input or result, as JSON."""
-MAX_TIMEOUT_SECONDS = 24 * 3600.0
 MAX_BATCH = 1000
 """Most tasks in one batch submission or results in one report."""
 MAX_CLAIM = 256
 MAX_WAIT_SECONDS = 60.0
 MAX_ERROR_CHARS = 4096
 
-TaskId = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-]
+TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+TaskId = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=TASK_ID_PATTERN)]
 TraceId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
 """W3C trace id: 32 lower-case hex digits."""
 TemplateHash = Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z0-9_.-]*$")]
@@ -45,10 +43,30 @@ def _check_json_size(value: FreeForm | None, what: str) -> FreeForm | None:
     return value
 
 
-class SubmitTask(TaskSpec):
+POSITIVE_DURATION_PATTERN = r"^(?=.*[1-9])([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+"""DURATION_PATTERN that also refuses zero, so the published schema says what we accept."""
+
+
+class Request(Model):
+    """Base of request bodies: JSON semantics for numbers (1.0 is an integer, false is not a number)."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: object, info: ValidationInfo) -> object:
+        numeric = (int, float, int | None, float | None)
+        if isinstance(value, bool) and cls.model_fields[info.field_name or ""].annotation in numeric:
+            raise ValueError("must be a number, not true/false")
+        return value
+
+
+def _submit_schema(schema: dict[str, Any]) -> None:
+    schema["properties"]["timeout"]["pattern"] = POSITIVE_DURATION_PATTERN
+
+
+class SubmitTask(TaskSpec, Request):
     """A task to run: the Task CRD's spec plus where it lives and its trace id."""
 
-    model_config = TaskSpec.model_config | {"json_schema_extra": None}
+    model_config = TaskSpec.model_config | {"json_schema_extra": _submit_schema}
 
     namespace: DNSLabel = Field(default="default", description="Namespace of the target fleet.")
     traceId: TraceId | None = Field(
@@ -58,9 +76,8 @@ class SubmitTask(TaskSpec):
     @field_validator("timeout")
     @classmethod
     def _timeout_in_range(cls, value: str) -> str:
-        seconds = parse_duration(value)
-        if not 0 < seconds <= MAX_TIMEOUT_SECONDS:
-            raise ValueError(f"timeout must be above 0 and at most {MAX_TIMEOUT_SECONDS:.0f}s")
+        if parse_duration(value) <= 0:
+            raise ValueError("timeout must be above zero")
         return value
 
     @field_validator("input")
@@ -70,7 +87,7 @@ class SubmitTask(TaskSpec):
         return value
 
 
-class TokenUsage(Model):
+class TokenUsage(Request):
     """Model tokens an attempt used, for budgets."""
 
     promptTokens: int = Field(default=0, ge=0)
@@ -124,7 +141,7 @@ class SubmitResponse(Model):
     created: bool = Field(description="False when the idempotency key matched an earlier task.")
 
 
-class SubmitBatchRequest(Model):
+class SubmitBatchRequest(Request):
     tasks: list[SubmitTask] = Field(min_length=1, max_length=MAX_BATCH)
 
 
@@ -137,7 +154,7 @@ class TaskList(Model):
     next: str | None = Field(default=None, description="Cursor for the next page, if any.")
 
 
-class RegisterAgent(Model):
+class RegisterAgent(Request):
     """An agent announcing itself; repeated registration updates it."""
 
     namespace: DNSLabel
@@ -155,7 +172,7 @@ class AgentInfo(RegisterAgent):
     ready: bool = Field(description="False once the agent said it is draining.")
 
 
-class LeaseRef(Model):
+class LeaseRef(Request):
     """The fencing token: a task id and the attempt number the lease was granted for."""
 
     taskId: TaskId
@@ -195,7 +212,7 @@ class ResultAck(LeaseRef):
     message: str = ""
 
 
-class ClaimRequest(Model):
+class ClaimRequest(Request):
     max: int = Field(default=1, ge=1, le=MAX_CLAIM, description="Most tasks to lease.")
     waitSeconds: float = Field(default=10.0, ge=0, le=MAX_WAIT_SECONDS, description="Long-poll time.")
     results: list[TaskResult] = Field(
@@ -209,7 +226,7 @@ class ClaimResponse(Model):
     results: list[ResultAck] = Field(default_factory=list)
 
 
-class HeartbeatRequest(Model):
+class HeartbeatRequest(Request):
     leases: list[LeaseRef] = Field(default_factory=list, max_length=MAX_BATCH)
     draining: bool = Field(default=False, description="True: send no new tasks to this agent.")
 
@@ -224,7 +241,7 @@ class HeartbeatResponse(Model):
     leases: list[LeaseStatus]
 
 
-class ReportRequest(Model):
+class ReportRequest(Request):
     results: list[TaskResult] = Field(min_length=1, max_length=MAX_BATCH)
 
 
@@ -232,7 +249,7 @@ class ReportResponse(Model):
     results: list[ResultAck]
 
 
-class AttemptRequest(Model):
+class AttemptRequest(Request):
     attempt: int = Field(ge=1, description="Attempt number of the lease (the fencing token).")
 
 

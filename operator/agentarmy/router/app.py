@@ -4,6 +4,7 @@ and the OpenAPI document, so the document cannot drift from what is served."""
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from starlette.routing import Route
 from agentarmy.api import wire
 from agentarmy.api.common import DNS_LABEL_PATTERN, parse_duration
 from agentarmy.api.task import TaskPhase
+from agentarmy.api.wire import TASK_ID_PATTERN
 from agentarmy.router import openapi
 from agentarmy.router.auth import Authenticator, Principal
 from agentarmy.router.errors import ApiError, bad_request, from_validation, unauthorized
@@ -182,7 +184,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              query=(Q("namespace", {"type": "string", "pattern": DNS_LABEL_PATTERN}),
                     Q("fleet", {"type": "string", "pattern": DNS_LABEL_PATTERN}),
                     Q("phase", {"type": "string", "enum": list(TaskPhase.__args__)}),  # type: ignore[attr-defined]
-                    Q("parent", {"type": "string", "maxLength": 64}),
+                    Q("parent", {"type": "string", "pattern": TASK_ID_PATTERN, "maxLength": 64}),
                     Q("after", {"type": "integer", "minimum": 0, "maximum": 2**62},
                       "Cursor: the `next` of the previous page"),
                     Q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}))),
@@ -255,34 +257,51 @@ async def _body(request: Request, model: type[BaseModel]) -> BaseModel:
         raise from_validation(error) from None
 
 
-def _route(service: RouterService, authenticator: Authenticator, endpoint: Endpoint) -> Route:
+def _route(service: RouterService, authenticator: Authenticator, endpoints: list[Endpoint]) -> Route:
+    """One route per path, so a 405 can list every method the path allows."""
+    by_method = {e.method: e for e in endpoints}
+
     async def handle(request: Request) -> Response:
+        endpoint = by_method.get(request.method) or by_method["GET"]  # HEAD: served as GET
         try:
             principal = await _principal(request, authenticator)
             body = await _body(request, endpoint.request) if endpoint.request else None
             path = {k: str(v) for k, v in request.path_params.items()}
-            _check_path(path)
-            call = Call(principal, path, dict(request.query_params), body)
-            outcome = await endpoint.handler(service, call)
+            query = dict(request.query_params)
+            _check_strings(path, PATH_PATTERNS, "path")
+            _check_strings(query, QUERY_PATTERNS, "query")
+            outcome = await endpoint.handler(service, Call(principal, path, query, body))
         except ApiError as error:
             return error_response(error)
+        except ValidationError as error:  # a model built from request parts the checks above missed
+            return error_response(from_validation(error, "request"))
         except Exception:
             log.exception("%s %s failed", endpoint.method, endpoint.path)
             return error_response(ApiError(503, "Unavailable", "the router could not do that now; retry"))
         status, model = outcome if isinstance(outcome, tuple) else (endpoint.status, outcome)
         return Response(model.model_dump_json(), status, media_type=JSON)
 
-    return Route(endpoint.path, handle, methods=[endpoint.method], name=endpoint.handler.__name__)
+    return Route(endpoints[0].path, handle, methods=list(by_method))
 
 
-def _check_path(path: dict[str, str]) -> None:
-    import re
+PATH_PATTERNS = {
+    "namespace": (re.compile(DNS_LABEL_PATTERN), 63, "a DNS label"),
+    "name": (re.compile(DNS_LABEL_PATTERN), 63, "a DNS label"),
+    "task_id": (re.compile(TASK_ID_PATTERN), 64, "a task id (letters, digits, '_', '.', '-')"),
+}
+QUERY_PATTERNS = {
+    "namespace": PATH_PATTERNS["namespace"],
+    "fleet": PATH_PATTERNS["namespace"],
+    "parent": PATH_PATTERNS["task_id"],
+}
 
-    for key in ("namespace", "name"):
-        if key in path and not re.fullmatch(DNS_LABEL_PATTERN, path[key]):
-            raise bad_request(f"{key} in the path must be a DNS label", key)
-    if "task_id" in path and (len(path["task_id"]) > 64 or not path["task_id"]):
-        raise bad_request("task id in the path must be 1-64 characters", "task_id")
+
+def _check_strings(values: dict[str, str], rules: dict[str, tuple[re.Pattern[str], int, str]],
+                   where: str) -> None:
+    for key, (pattern, longest, what) in rules.items():
+        value = values.get(key)
+        if value is not None and (len(value) > longest or not pattern.fullmatch(value)):
+            raise bad_request(f"{key} in the {where} must be {what} of at most {longest} characters", key)
 
 
 def create_app(service: RouterService, authenticator: Authenticator) -> Starlette:
@@ -308,7 +327,11 @@ def create_app(service: RouterService, authenticator: Authenticator) -> Starlett
         return error_response(ApiError(404, "NotFound", f"no route for {request.url.path}"))
 
     async def wrong_method(request: Request, exc: Exception) -> Response:
-        return error_response(ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed here"))
+        response = error_response(ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed here"))
+        allow = getattr(exc, "headers", None) or {}
+        if "Allow" in allow:
+            response.headers["Allow"] = allow["Allow"]
+        return response
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -318,7 +341,10 @@ def create_app(service: RouterService, authenticator: Authenticator) -> Starlett
         finally:
             await service.stop()
 
-    routes = [_route(service, authenticator, e) for e in ENDPOINTS] + [
+    by_path: dict[str, list[Endpoint]] = {}
+    for endpoint in ENDPOINTS:
+        by_path.setdefault(endpoint.path, []).append(endpoint)
+    routes = [_route(service, authenticator, group) for group in by_path.values()] + [
         Route("/openapi.json", openapi_json),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
