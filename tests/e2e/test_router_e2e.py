@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from agentarmy.api import runtime_env as env
@@ -97,11 +98,7 @@ async def submit_all(client: RouterClient, accepted: dict[int, str]) -> None:
             try:
                 reply = await client.submit_batch(batch)
                 break
-            except (RouterError, OSError, TimeoutError, asyncio.TimeoutError):
-                await asyncio.sleep(0.2)
-            except Exception as error:  # aiohttp's disconnect errors
-                if "Server" not in type(error).__name__ and "Connect" not in type(error).__name__:
-                    raise
+            except (RouterError, aiohttp.ClientError, OSError, TimeoutError):
                 await asyncio.sleep(0.2)
         for index, result in zip(range(start, start + len(batch)), reply.results, strict=True):
             assert accepted.setdefault(index, result.task.id) == result.task.id, "key mapped to two tasks"
@@ -127,7 +124,7 @@ async def wait_until_all_ended(client: RouterClient, deadline: float) -> wire.Fl
     while time.monotonic() < deadline:
         try:
             stats = await client.stats()
-        except (RouterError, OSError):
+        except (RouterError, aiohttp.ClientError, OSError):
             await asyncio.sleep(0.5)
             continue
         fleets = [f for f in stats.fleets if f.fleet == "e2e"]
