@@ -107,10 +107,11 @@ class Dispatcher:
             return
         running = await self.store.running_counts(*key)
         waiters.sort(key=lambda w: (running.get(w.holder, 0) / w.agent.concurrency, w.order))
-        for waiter in waiters:
-            if waiter.future.done():
-                continue
-            tasks = await self.store.claim(waiter.agent, waiter.max_tasks, self.clock())
+        # All claims at once, least loaded first: the store applies them in this order, and
+        # a SQLite store commits them together instead of one transaction per waiter.
+        now = self.clock()
+        claims = await asyncio.gather(*(self.store.claim(w.agent, w.max_tasks, now) for w in waiters))
+        for waiter, tasks in zip(waiters, claims, strict=True):
             if not tasks:
                 continue
             if waiter.future.done():  # gave up while we were claiming: hand the tasks back

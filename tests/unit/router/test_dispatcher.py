@@ -1,0 +1,53 @@
+"""Dispatch among waiting agents: least loaded first, waits end on drain."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from agentarmy.api import wire
+from agentarmy.api.wire import AgentInfo, Task
+from agentarmy.router.dispatcher import Dispatcher
+from agentarmy.router.store.base import StoreSettings
+from agentarmy.router.store.sqlite import SqliteStore
+
+NOW = 1_800_000_000.0
+
+
+async def test_least_loaded_waiting_agent_gets_the_next_task(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "r.db", StoreSettings())
+    await store.open(NOW)
+    try:
+        claimed: list[tuple[str, list[Task]]] = []
+        dispatcher = Dispatcher(store, lambda: NOW, lambda agent, tasks: claimed.append((agent.name, tasks)))
+        busy, idle = [
+            await store.register(wire.RegisterAgent(namespace="default", name=name, fleet="f",
+                                                    capabilities=["echo"], concurrency=2), NOW)
+            for name in ("busy", "idle")
+        ]
+        await store.submit([wire.SubmitTask(fleet="f", capability="echo")], NOW)
+        assert len(await dispatcher.claim(busy, 1, 0)) == 1  # busy now runs 1 of 2
+        # busy starts waiting first, idle second; a new task must still go to idle.
+        waits = [asyncio.create_task(dispatcher.claim(agent, 1, 2.0)) for agent in (busy, idle)]
+        await asyncio.sleep(0.05)
+        await store.submit([wire.SubmitTask(fleet="f", capability="echo")], NOW)
+        dispatcher.notify("default", "f")
+        done, _ = await asyncio.wait(waits, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+        assert [claimed[-1][0]] == ["idle"] and waits[1] in done
+        dispatcher.end_waits("default", "busy")  # a draining agent's long-poll ends at once
+        assert await asyncio.wait_for(waits[0], 1.0) == []
+    finally:
+        await store.close()
+
+
+async def test_claim_without_work_and_without_wait_returns_nothing(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "r.db", StoreSettings())
+    await store.open(NOW)
+    try:
+        dispatcher = Dispatcher(store, lambda: NOW, lambda agent, tasks: None)
+        agent = AgentInfo(namespace="default", name="a", fleet="f", capabilities=["echo"],
+                          registeredAt=NOW, lastHeartbeat=NOW, ready=True)
+        assert await dispatcher.claim(agent, 5, 0) == []
+        assert await dispatcher.claim(agent, 5, 0.05) == []
+    finally:
+        await store.close()
