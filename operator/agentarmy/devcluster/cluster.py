@@ -351,6 +351,9 @@ class DevCluster:
             f"--server-address=127.0.0.1:{self.ports.kwok}",
             "--node-ip=127.0.0.1",
             "--cidr=10.244.0.0/16",
+            # Node heartbeats go through Leases; without them the node lifecycle
+            # controller sees stale nodes, marks them NotReady and their pods unready.
+            "--node-lease-duration-seconds=40",
             *configs,
         ]
 
