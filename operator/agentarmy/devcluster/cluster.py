@@ -157,7 +157,9 @@ class DevCluster:
     def start(self, timeout: float = 180.0) -> None:
         binaries.ensure(("etcd", "kwok", "kubernetes"))
         if self.workdir is None:
+            remove_stale_workdirs()
             self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+            (self.workdir / "owner.pid").write_text(str(os.getpid()))
             self._owns_workdir = True
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
@@ -513,6 +515,18 @@ def stop_detached(workdir: Path) -> list[str]:
                 os.killpg(entry["pid"], signal.SIGKILL)
     shutil.rmtree(workdir, ignore_errors=True)
     return stopped
+
+
+def remove_stale_workdirs() -> None:
+    """Remove temp workdirs whose owning process is gone (it was SIGKILLed, so its
+    children died with it but nobody removed the files)."""
+    for workdir in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            owner = int((workdir / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(owner):
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
