@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100,1000")
     args = parser.parse_args()
+    # SIGTERM should stop the control plane and operator too, via the finally blocks.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = [int(s) for s in args.sizes.split(",")]
     nodes = max(3, -(-max(sizes) * 2 // 1000))
     print(f"starting a control plane with {nodes} kwok nodes ...", flush=True)
