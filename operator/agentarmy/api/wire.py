@@ -172,14 +172,16 @@ class AgentInfo(RegisterAgent):
     ready: bool = Field(description="False once the agent said it is draining.")
 
 
-class LeaseRef(Request):
-    """The fencing token: a task id and the attempt number the lease was granted for."""
-
+class _LeaseFields(Model):
     taskId: TaskId
     attempt: int = Field(ge=1)
 
 
-class Lease(LeaseRef):
+class LeaseRef(_LeaseFields, Request):
+    """The fencing token: a task id and the attempt number the lease was granted for."""
+
+
+class Lease(_LeaseFields):
     """A claimed task, as handed to an agent."""
 
     capability: Capability
@@ -206,7 +208,7 @@ class TaskResult(LeaseRef):
         return _check_json_size(value, "result")
 
 
-class ResultAck(LeaseRef):
+class ResultAck(_LeaseFields):
     status: Literal["recorded", "stale"]
     phase: TaskPhase | None = None
     message: str = ""
@@ -231,7 +233,7 @@ class HeartbeatRequest(Request):
     draining: bool = Field(default=False, description="True: send no new tasks to this agent.")
 
 
-class LeaseStatus(LeaseRef):
+class LeaseStatus(_LeaseFields):
     status: Literal["extended", "stale", "cancelled"]
     leaseExpiresAt: float | None = None
     message: str = ""

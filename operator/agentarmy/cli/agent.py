@@ -39,6 +39,8 @@ def _register_router(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     parser.add_argument("--tls-cert-file")
     parser.add_argument("--tls-key-file")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto")
+    parser.add_argument("--http", choices=["auto", "httptools", "h11"], default="auto")
     parser.set_defaults(handler=_run_router)
 
 
@@ -60,7 +62,7 @@ def _run_router(args: argparse.Namespace) -> int:
         retry_base_seconds=parse_duration(args.retry_backoff),
         retry_cap_seconds=parse_duration(args.retry_backoff_max),
         reap_interval=parse_duration(args.reap_interval),
-        tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file,
+        tls_cert_file=args.tls_cert_file, tls_key_file=args.tls_key_file, loop=args.loop, http=args.http,
     )
     serve(config)
     return 0

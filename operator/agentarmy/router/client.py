@@ -144,7 +144,7 @@ class RouterClient:
         return await self.request("POST", f"/v1/agents/{namespace}/{name}/results", wire.ReportResponse, body)
 
     async def hand_off(
-        self, namespace: str, name: str, parent: wire.LeaseRef, task: wire.SubmitTask
+        self, namespace: str, name: str, parent: wire.LeaseRef | wire.Lease, task: wire.SubmitTask
     ) -> wire.SubmitResponse:
         path = f"/v1/agents/{namespace}/{name}/tasks/{parent.taskId}/subtasks"
         body = wire.SubtaskRequest(attempt=parent.attempt, task=task)

@@ -26,7 +26,7 @@ FleetKey = tuple[str, str]
 _order = itertools.count()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Waiter:
     agent: AgentInfo
     max_tasks: int
@@ -107,18 +107,36 @@ class Dispatcher:
             return
         running = await self.store.running_counts(*key)
         waiters.sort(key=lambda w: (running.get(w.holder, 0) / w.agent.concurrency, w.order))
-        # All claims at once, least loaded first: the store applies them in this order, and
-        # a SQLite store commits them together instead of one transaction per waiter.
-        now = self.clock()
-        claims = await asyncio.gather(*(self.store.claim(w.agent, w.max_tasks, now) for w in waiters))
-        for waiter, tasks in zip(waiters, claims, strict=True):
-            if not tasks:
-                continue
-            if waiter.future.done():  # gave up while we were claiming: hand the tasks back
-                await self._release(waiter.agent, tasks)
-                continue
-            waiter.future.set_result(tasks)
-            self.on_claimed(waiter.agent, tasks)
+        # Waiters with the same capabilities compete for the same tasks: serve each such group
+        # least loaded first, in rounds of 1, 2, 4 ... claims (one group commit per round), and
+        # stop a group once a claim comes back short - its tasks are gone.
+        groups: dict[tuple[str, ...], list[_Waiter]] = {}
+        for waiter in waiters:
+            groups.setdefault(tuple(sorted(waiter.agent.capabilities)), []).append(waiter)
+        size = 1
+        while groups:
+            now = self.clock()
+            round_ = {caps: group[:size] for caps, group in groups.items()}
+            picked = [w for group in round_.values() for w in group]
+            claims = await asyncio.gather(*(self.store.claim(w.agent, w.max_tasks, now) for w in picked))
+            short: set[_Waiter] = set()
+            for waiter, tasks in zip(picked, claims, strict=True):
+                if len(tasks) < waiter.max_tasks:
+                    short.add(waiter)
+                if tasks:
+                    await self._deliver(waiter, tasks)
+            groups = {
+                caps: group[size:] for caps, group in groups.items()
+                if group[size:] and not short.intersection(round_[caps])
+            }
+            size *= 2
+
+    async def _deliver(self, waiter: _Waiter, tasks: list[Task]) -> None:
+        if waiter.future.done():  # gave up while we were claiming: hand the tasks back
+            await self._release(waiter.agent, tasks)
+            return
+        waiter.future.set_result(tasks)
+        self.on_claimed(waiter.agent, tasks)
 
     async def _release(self, agent: AgentInfo, tasks: list[Task]) -> None:
         results = [

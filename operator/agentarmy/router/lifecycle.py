@@ -45,7 +45,8 @@ def new_task_id() -> str:
 
 
 def new_task(request: wire.SubmitTask, task_id: str, seq: int, now: float) -> Task:
-    return Task(
+    # The request was validated on the way in; construct without validating it twice.
+    return Task.model_construct(
         id=task_id,
         namespace=request.namespace,
         fleet=request.fleet,
@@ -61,6 +62,15 @@ def new_task(request: wire.SubmitTask, task_id: str, seq: int, now: float) -> Ta
         seq=seq,
         createdAt=now,
         availableAt=now,
+        agent="",
+        attempt=0,
+        leaseExpiresAt=None,
+        deadlineAt=None,
+        attempts=[],
+        result=None,
+        error="",
+        usage=None,
+        finishedAt=None,
     )
 
 
@@ -91,7 +101,10 @@ def start_attempt(
     task: Task, holder: str, template_hash: str, now: float, lease_seconds: float
 ) -> Task:
     number = task.attempt + 1
-    attempt = Attempt(number=number, agent=holder, templateHash=template_hash, startedAt=now)
+    attempt = Attempt.model_construct(
+        number=number, agent=holder, templateHash=template_hash, startedAt=now, endedAt=None,
+        outcome=None, reason="",
+    )
     return task.model_copy(
         update={
             "phase": "Running",

@@ -55,6 +55,10 @@ class RouterConfig:
     reap_interval: float = 0.5
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    loop: str = "auto"
+    """auto (uvloop when installed), uvloop or asyncio."""
+    http: str = "auto"
+    """auto (httptools when installed), httptools or h11."""
 
 
 def build_authenticator(config: RouterConfig) -> Authenticator:
@@ -86,7 +90,8 @@ def serve(config: RouterConfig) -> None:
     server = uvicorn.Server(
         uvicorn.Config(
             app, host=config.host, port=config.port, log_config=None, access_log=False,
-            loop=_best_loop(), http=_best_http(), timeout_graceful_shutdown=5,
+            loop=_best_loop() if config.loop == "auto" else config.loop,
+            http=_best_http() if config.http == "auto" else config.http, timeout_graceful_shutdown=5,
             ssl_certfile=config.tls_cert_file, ssl_keyfile=config.tls_key_file,
             limit_concurrency=None, backlog=4096,
         )
