@@ -128,11 +128,12 @@ class Pods:
         env: list[dict[str, Any]] | None = None,
         env_from: list[dict[str, Any]] | None = None,
         grace: int | None = None,
+        command: list[str] | None = None,
     ) -> None:
         container: dict[str, Any] = {
             "name": "agent",
             "image": "agentarmy/agent:dev",
-            "command": [sys.executable, str(self.program)],
+            "command": command or [sys.executable, str(self.program)],
             "env": [
                 {"name": "OUT_DIR", "value": str(self.out)},
                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -382,6 +383,37 @@ def test_exits_are_reported_in_pod_status_and_not_restarted(
     assert runner_events(log_dir, "crasher").count("started") == 1
 
 
+def test_a_missing_secret_holds_the_start_until_it_exists(
+    cluster: Any, namespace: str, pods: Pods, runner: subprocess.Popen[bytes], log_dir: Path
+) -> None:
+    key_ref = {"secretKeyRef": {"name": "late", "key": "token"}}
+    pods.create("patient", env=[{"name": "LATE", "valueFrom": key_ref}])
+    wait_for(
+        "the runner to hold the start",
+        lambda: "cannot start yet" in runner_events(log_dir, "patient"),
+    )
+    assert not (pods.out / "patient.json").exists()
+    cluster.kubectl(
+        "create", "secret", "generic", "late", "-n", namespace, "--from-literal=token=t0k"
+    )
+    assert pods.record("patient")["env"]["LATE"] == "t0k"
+
+
+def test_a_command_that_cannot_run_is_a_start_error(
+    pods: Pods, runner: subprocess.Popen[bytes]
+) -> None:
+    pods.create("broken", command=[str(pods.out / "no-such-program")])
+
+    def terminated() -> Any:
+        status = pods.get("broken").status
+        if status is None or status.phase != "Failed" or not status.containerStatuses:
+            return None
+        return status.containerStatuses[0].state.terminated  # type: ignore[union-attr]
+
+    state = wait_for("the start error in the pod status", terminated)
+    assert (state.exitCode, state.reason) == (128, "StartError")
+
+
 def test_a_pod_without_the_agent_label_is_never_run(
     pods: Pods, runner: subprocess.Popen[bytes], log_dir: Path
 ) -> None:
@@ -409,9 +441,11 @@ def test_a_pod_running_before_the_runner_started_is_adopted(
 
 
 def test_children_die_when_the_runner_is_sigkilled(
-    cluster: Any, namespace: str, pods: Pods, log_dir: Path
+    cluster: Any, namespace: str, pods: Pods, log_dir: Path, tmp_path: Path
 ) -> None:
-    process = start_pod_runner(cluster.kubeconfig, log_dir, "--namespace", namespace)
+    # a SIGKILLed runner cannot remove its work dir: keep it where pytest cleans up
+    options = ("--namespace", namespace, f"--work-dir={tmp_path / 'work'}")
+    process = start_pod_runner(cluster.kubeconfig, log_dir, *options)
     try:
         pods.create("orphan")
         pid = pods.record("orphan")["pid"]

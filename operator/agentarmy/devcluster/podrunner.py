@@ -398,20 +398,17 @@ class PodRunner:
         namespace, name, _ = _meta(pod)
         try:
             proc = await self._launch(pod)
-        except asyncio.CancelledError:
-            raise
-        except StartError as err:
-            self.finished.add(uid)
-            emit("start failed", logging.ERROR, namespace=namespace, name=name, error=str(err))
-            self._spawn_task(self._report_start_error(pod, str(err)))
+        except Exception as err:  # a cancellation (pod gone) is not caught: it propagates
+            self.starting.pop(uid, None)  # before _fill_slots, which counts starting pods
+            if isinstance(err, StartError):
+                self.finished.add(uid)
+                emit("start failed", logging.ERROR, namespace=namespace, name=name, error=str(err))
+                self._spawn_task(self._report_start_error(pod, str(err)))
+            else:
+                self._retry_later(uid, namespace, name, err)
             self._fill_slots()
             return
-        except Exception as err:
-            self._retry_later(uid, namespace, name, err)
-            self._fill_slots()
-            return
-        finally:
-            self.starting.pop(uid, None)
+        self.starting.pop(uid, None)
         self.retries.pop(uid, None)
         self.procs[uid] = proc
         self._watch_exit(proc)

@@ -67,11 +67,12 @@ class TokenFile:
     async def write(self) -> None:
         meta, spec = self.pod.metadata, self.pod.spec
         assert meta is not None and spec is not None
+        requested = self.source.expirationSeconds or DEFAULT_TOKEN_SECONDS
         request = ServiceAccount.Token(
             metadata=ObjectMeta(),
             spec=TokenRequestSpec(
                 audiences=[self.source.audience] if self.source.audience else [],
-                expirationSeconds=self.source.expirationSeconds or DEFAULT_TOKEN_SECONDS,
+                expirationSeconds=requested,
                 boundObjectRef=BoundObjectReference(
                     apiVersion="v1", kind="Pod", name=meta.name, uid=meta.uid
                 ),
@@ -85,7 +86,9 @@ class TokenFile:
         if status is None or not status.token or status.expirationTimestamp is None:
             raise PodConfigError("the TokenRequest API answered without a token")
         write_atomically(self.path, status.token.encode(), self.mode)
-        self.lifetime = (status.expirationTimestamp - issued).total_seconds()
+        # the API server may extend a pod-bound token's life; rotate on what was asked for
+        granted = (status.expirationTimestamp - issued).total_seconds()
+        self.lifetime = min(granted, float(requested))
 
     async def keep_fresh(self) -> None:
         """Replace the token at ``refresh_at`` of its lifetime; retry sooner when that fails."""
