@@ -169,6 +169,7 @@ class SqliteStore(TaskStore):
         self._writer: _GroupCommitWriter | None = None
         self._reader: sqlite3.Connection | None = None
         self._reader_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        self._checkpointer: asyncio.Task[None] | None = None
         self._next_seq = 0
 
     # -- plumbing -------------------------------------------------------------------------
@@ -178,13 +179,33 @@ class SqliteStore(TaskStore):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         writer_conn = _connect(self.path, self.synchronous)
         writer_conn.executescript(SCHEMA)
+        # Checkpoints run beside the writer (see _checkpoint_forever), not inside a commit,
+        # so no caller waits for the database file's fsync.
+        writer_conn.execute("PRAGMA wal_autocheckpoint=0")
         self._next_seq = (writer_conn.execute("SELECT max(seq) FROM tasks").fetchone()[0] or 0) + 1
         self._writer = _GroupCommitWriter(writer_conn)
         self._writer.start()
         self._reader = _connect(self.path, self.synchronous)
         await self._write(lambda conn: self._grant_restart_grace(conn, now))
+        if self.path != ":memory:":
+            self._checkpointer = asyncio.create_task(self._checkpoint_forever(), name="sqlite-checkpoint")
+
+    async def _checkpoint_forever(self, interval: float = 1.0) -> None:
+        checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpoint")
+        conn = _connect(self.path, self.synchronous)
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                await loop.run_in_executor(checkpoints, conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            checkpoints.shutdown(wait=True)
+            conn.close()
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
         if self._writer is not None:
             await self._writer.stop()
             self._writer._conn.close()
