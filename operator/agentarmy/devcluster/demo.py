@@ -39,21 +39,45 @@ def say(message: str) -> None:
 
 
 @contextlib.contextmanager
-def router_process(cluster: DevCluster, workdir: Path, client_token: str) -> Iterator[str]:
+def router_process(
+    cluster: DevCluster, workdir: Path, client_token: str, admin_token: str
+) -> Iterator[str]:
     """The router on a free loopback port; yields its URL."""
     tokens = workdir / "router-tokens.yaml"
-    tokens.write_text(yaml.safe_dump([{"token": client_token, "name": "demo-user",
-                                       "role": "client"}]))
+    tokens.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "token": client_token,
+                    "name": "demo-user",
+                    "role": "client",
+                    "namespace": NAMESPACE,
+                },
+                {"token": admin_token, "name": "demo-admin", "role": "admin"},
+            ]
+        )
+    )
     tokens.chmod(0o600)
     port = free_port()
     log = (workdir / "logs" / "router.log").open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "agentarmy.cli.main", "router",
-         f"--store=sqlite:///{workdir / 'router.db'}", f"--listen=127.0.0.1:{port}",
-         f"--token-file={tokens}", "--token-review", f"--kube-server={cluster.server}",
-         f"--kube-ca-file={cluster.ca_file}", f"--kube-client-cert={cluster.admin_cert_file}",
-         f"--kube-client-key={cluster.admin_key_file}"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "agentarmy.cli.main",
+            "router",
+            f"--store=sqlite:///{workdir / 'router.db'}",
+            f"--listen=127.0.0.1:{port}",
+            f"--token-file={tokens}",
+            "--token-review",
+            f"--kube-server={cluster.server}",
+            f"--kube-ca-file={cluster.ca_file}",
+            f"--kube-client-cert={cluster.admin_cert_file}",
+            f"--kube-client-key={cluster.admin_key_file}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
     )
     try:
         yield f"http://127.0.0.1:{port}"
@@ -76,21 +100,28 @@ async def wait_for_agents(client: RouterClient, count: int) -> None:
         await asyncio.sleep(0.5)
 
 
-async def flow_tasks(router_url: str, token: str, count: int, agents: int) -> int:
-    async with RouterClient(router_url, token) as client:
-        say(f"waiting for {agents} agent processes to register with the router")
+async def flow_tasks(router_url: str, token: str, admin_token: str, count: int, agents: int) -> int:
+    say(f"waiting for {agents} agent processes to register with the router")
+    async with RouterClient(router_url, admin_token) as admin:
         try:
             async with asyncio.timeout(90):
-                await wait_for_agents(client, agents)
+                await wait_for_agents(admin, agents)
         except TimeoutError:
             raise TimeoutError(f"fewer than {agents} agents registered in 90s") from None
+    async with RouterClient(router_url, token) as client:
         say(f"submitting {count} tasks to fleet {NAMESPACE}/echo")
         started = time.monotonic()
-        submitted = await client.submit_batch([
-            wire.SubmitTask(namespace=NAMESPACE, fleet="echo", capability="echo",
-                            input={"text": f"hello agent, this is task {i}"})
-            for i in range(count)
-        ])
+        submitted = await client.submit_batch(
+            [
+                wire.SubmitTask(
+                    namespace=NAMESPACE,
+                    fleet="echo",
+                    capability="echo",
+                    input={"text": f"hello agent, this is task {i}"},
+                )
+                for i in range(count)
+            ]
+        )
         ids = [r.task.id for r in submitted.results]
         results = await asyncio.gather(*(client.wait(i, timeout_seconds=60) for i in ids))
         elapsed = time.monotonic() - started
@@ -103,8 +134,9 @@ async def flow_tasks(router_url: str, token: str, count: int, agents: int) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tasks", type=int, default=20, help="tasks to submit")
     parser.add_argument("--exit", action="store_true", help="stop after showing the results")
     args = parser.parse_args(argv)
@@ -116,22 +148,32 @@ def main(argv: list[str] | None = None) -> int:
         cluster.install_crds(crdgen.default_output())
         for namespace in (OPERATOR_NAMESPACE, NAMESPACE):
             cluster.kubectl("create", "namespace", namespace)
-        cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", NAMESPACE,
-                        "--timeout=60s")
-        token = secrets.token_urlsafe(24)
-        with router_process(cluster, cluster.workdir, token) as router_url:
+        cluster.kubectl(
+            "wait", "--for=create", "serviceaccount/default", "-n", NAMESPACE, "--timeout=60s"
+        )
+        token, admin_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        with router_process(cluster, cluster.workdir, token, admin_token) as router_url:
             say(f"router at {router_url} (SQLite store, TokenReview for agents)")
             operator = OperatorProcess(cluster.kubeconfig, "demo", router_url=router_url).start()
             try:
                 say("operator started; pod runner runs agent pods as local processes")
-                with pod_runner(cluster.kubeconfig, cluster.workdir / "pods",
-                                "--namespace", NAMESPACE):
+                with pod_runner(
+                    cluster.kubeconfig, cluster.workdir / "pods", "--namespace", NAMESPACE
+                ):
                     cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(FLEET_EXAMPLE))
                     say("applied manifests/examples/fleet-echo.yaml; waiting for Available")
-                    cluster.kubectl("wait", "-n", NAMESPACE, "--for=condition=Available",
-                                    "fleet/echo", "--timeout=120s")
+                    cluster.kubectl(
+                        "wait",
+                        "-n",
+                        NAMESPACE,
+                        "--for=condition=Available",
+                        "fleet/echo",
+                        "--timeout=120s",
+                    )
                     print(cluster.kubectl("get", "fleets,agents,pods", "-n", NAMESPACE).stdout)
-                    code = asyncio.run(flow_tasks(router_url, token, args.tasks, agents=3))
+                    code = asyncio.run(
+                        flow_tasks(router_url, token, admin_token, args.tasks, agents=3)
+                    )
                     if args.exit:
                         return code
                     _explain(cluster, router_url, token)
@@ -152,8 +194,10 @@ def _explain(cluster: DevCluster, router_url: str, token: str) -> None:
     print(f"  export KUBECONFIG={cluster.kubeconfig}")
     print(f"  kubectl get fleets,agents,pods -n {NAMESPACE}")
     print(f"  kubectl scale fleet/echo -n {NAMESPACE} --replicas=5")
-    print(f"  .venv/bin/armyctl submit --router {router_url} --token-file {token_file} "
-          f"-n {NAMESPACE} --input '{{\"text\": \"hi\"}}' --wait echo echo")
+    print(
+        f"  .venv/bin/armyctl submit --router {router_url} --token-file {token_file} "
+        f'-n {NAMESPACE} --input \'{{"text": "hi"}}\' --wait echo echo'
+    )
     print(f"Logs: {cluster.workdir}/logs and {cluster.workdir}/pods. Ctrl-C stops everything.")
 
 
