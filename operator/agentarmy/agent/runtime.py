@@ -320,7 +320,11 @@ def run_from_environment(env: Mapping[str, str], drain_seconds: float = 25.0) ->
     except ValueError as error:
         print(f"armyctl agent: {error}")
         return 2
-    run_event_loop(run_agent(settings, drain_seconds))
+    try:
+        run_event_loop(run_agent(settings, drain_seconds))
+    except RouterError as error:
+        print(f"armyctl agent: the router refused this agent: {error}")
+        return 1
     return 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any
 
 from agentarmy.api.wire import Task
@@ -71,6 +70,3 @@ def configure_json_logging(level: str = "INFO") -> None:
     root.setLevel(level.upper())
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
 
-
-def now() -> float:
-    return time.time()

@@ -43,9 +43,7 @@ class RouterService:
         self._result_waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._reaper: asyncio.Task[None] | None = None
         self.ready = False
-        listener = getattr(store, "listener", "absent")
-        if listener != "absent":  # NATS: hear about other replicas' changes
-            store.listener = self._on_foreign_change  # type: ignore[attr-defined]
+        store.listener = self._on_foreign_change
 
     async def start(self) -> None:
         await self.store.open(self.clock())

@@ -8,7 +8,7 @@ router can acknowledge a caller right after it returns. The state rules live in
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from agentarmy.api import wire
@@ -65,6 +65,8 @@ class TaskStore(abc.ABC):
 
     def __init__(self, settings: StoreSettings) -> None:
         self.settings = settings
+        self.listener: Callable[[Task], None] | None = None
+        """Told about tasks another router replica changed (NATS), to wake dispatch and waiters."""
 
     @abc.abstractmethod
     async def open(self, now: float) -> None:

@@ -166,8 +166,6 @@ class NatsStore(TaskStore):
         super().__init__(settings)
         self.servers = servers
         self.prefix = prefix
-        self.listener: Callable[[Task], None] | None = None
-        """Called with tasks that another replica changed (to wake dispatch and waiters)."""
         self._nc: Any = None
         self._tasks_kv: Any = None
         self._idem_kv: Any = None
