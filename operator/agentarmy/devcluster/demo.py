@@ -13,20 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import secrets
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
-
 from agentarmy.api import crdgen, wire
-from agentarmy.devcluster.cluster import DevCluster, free_port
-from agentarmy.devcluster.operator_process import OPERATOR_NAMESPACE, OperatorProcess
-from agentarmy.devcluster.podrunner import pod_runner
+from agentarmy.devcluster.cluster import DevCluster
+from agentarmy.devcluster.stack import local_stack, wait_for_agents
 from agentarmy.router.client import RouterClient
 
 REPO = Path(__file__).resolve().parents[3]
@@ -38,76 +32,9 @@ def say(message: str) -> None:
     print(f"==> {message}", flush=True)
 
 
-@contextlib.contextmanager
-def router_process(
-    cluster: DevCluster, workdir: Path, client_token: str, admin_token: str
-) -> Iterator[str]:
-    """The router on a free loopback port; yields its URL."""
-    tokens = workdir / "router-tokens.yaml"
-    tokens.write_text(
-        yaml.safe_dump(
-            [
-                {
-                    "token": client_token,
-                    "name": "demo-user",
-                    "role": "client",
-                    "namespace": NAMESPACE,
-                },
-                {"token": admin_token, "name": "demo-admin", "role": "admin"},
-            ]
-        )
-    )
-    tokens.chmod(0o600)
-    port = free_port()
-    log = (workdir / "logs" / "router.log").open("ab")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agentarmy.cli.main",
-            "router",
-            f"--store=sqlite:///{workdir / 'router.db'}",
-            f"--listen=127.0.0.1:{port}",
-            f"--token-file={tokens}",
-            "--token-review",
-            f"--kube-server={cluster.server}",
-            f"--kube-ca-file={cluster.ca_file}",
-            f"--kube-client-cert={cluster.admin_cert_file}",
-            f"--kube-client-key={cluster.admin_key_file}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-
-
-async def wait_for_agents(client: RouterClient, count: int) -> None:
-    while True:
-        with contextlib.suppress(Exception):
-            stats = await client.stats()
-            live = sum(len(f.agents) for f in stats.fleets if f.namespace == NAMESPACE)
-            if live >= count:
-                return
-        await asyncio.sleep(0.5)
-
-
 async def flow_tasks(router_url: str, token: str, admin_token: str, count: int, agents: int) -> int:
     say(f"waiting for {agents} agent processes to register with the router")
-    async with RouterClient(router_url, admin_token) as admin:
-        try:
-            async with asyncio.timeout(90):
-                await wait_for_agents(admin, agents)
-        except TimeoutError:
-            raise TimeoutError(f"fewer than {agents} agents registered in 90s") from None
+    await wait_for_agents(router_url, admin_token, NAMESPACE, agents)
     async with RouterClient(router_url, token) as client:
         say(f"submitting {count} tasks to fleet {NAMESPACE}/echo")
         started = time.monotonic()
@@ -146,43 +73,29 @@ def main(argv: list[str] | None = None) -> int:
     with DevCluster() as cluster:
         assert cluster.workdir is not None
         cluster.install_crds(crdgen.default_output())
-        for namespace in (OPERATOR_NAMESPACE, NAMESPACE):
-            cluster.kubectl("create", "namespace", namespace)
-        cluster.kubectl(
-            "wait", "--for=create", "serviceaccount/default", "-n", NAMESPACE, "--timeout=60s"
-        )
-        token, admin_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-        with router_process(cluster, cluster.workdir, token, admin_token) as router_url:
-            say(f"router at {router_url} (SQLite store, TokenReview for agents)")
-            operator = OperatorProcess(cluster.kubeconfig, "demo", router_url=router_url).start()
-            try:
-                say("operator started; pod runner runs agent pods as local processes")
-                with pod_runner(
-                    cluster.kubeconfig, cluster.workdir / "pods", "--namespace", NAMESPACE
-                ):
-                    cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(FLEET_EXAMPLE))
-                    say("applied manifests/examples/fleet-echo.yaml; waiting for Available")
-                    cluster.kubectl(
-                        "wait",
-                        "-n",
-                        NAMESPACE,
-                        "--for=condition=Available",
-                        "fleet/echo",
-                        "--timeout=120s",
-                    )
-                    print(cluster.kubectl("get", "fleets,agents,pods", "-n", NAMESPACE).stdout)
-                    code = asyncio.run(
-                        flow_tasks(router_url, token, admin_token, args.tasks, agents=3)
-                    )
-                    if args.exit:
-                        return code
-                    _explain(cluster, router_url, token)
-                    with contextlib.suppress(KeyboardInterrupt):
-                        while True:
-                            time.sleep(3600)
-                    return code
-            finally:
-                operator.stop()
+        with local_stack(cluster, NAMESPACE, cluster.workdir) as stack:
+            say(
+                f"router at {stack.router_url} (SQLite store, TokenReview for agents); "
+                "operator started; pod runner runs agent pods as local processes"
+            )
+            cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(FLEET_EXAMPLE))
+            say("applied manifests/examples/fleet-echo.yaml; waiting for Available")
+            cluster.kubectl(
+                "wait", "-n", NAMESPACE, "--for=condition=Available", "fleet/echo", "--timeout=120s"
+            )
+            print(cluster.kubectl("get", "fleets,agents,pods", "-n", NAMESPACE).stdout)
+            code = asyncio.run(
+                flow_tasks(
+                    stack.router_url, stack.client_token, stack.admin_token, args.tasks, agents=3
+                )
+            )
+            if args.exit:
+                return code
+            _explain(cluster, stack.router_url, stack.client_token)
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+            return code
 
 
 def _explain(cluster: DevCluster, router_url: str, token: str) -> None:

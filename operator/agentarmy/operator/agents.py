@@ -196,7 +196,9 @@ class AgentReconciler:
             mode="json", exclude_none=True
         )
         if new != old:
-            await self.kube.patch_status("Agent", agent.namespace, agent.name, new)
+            await self.kube.patch_status(
+                "Agent", agent.namespace, agent.name, new, agent.resource_version
+            )
 
 
 def _first_error(err: ValidationError) -> str:

@@ -71,6 +71,7 @@ class AgentView:
     namespace: str
     name: str
     uid: str
+    resource_version: str
     generation: int
     created: str
     deleting: bool
@@ -93,6 +94,7 @@ class AgentView:
             namespace=meta["namespace"],
             name=meta["name"],
             uid=meta["uid"],
+            resource_version=meta.get("resourceVersion", ""),
             generation=int(meta.get("generation", 0)),
             created=meta.get("creationTimestamp", ""),
             deleting=bool(meta.get("deletionTimestamp")),
@@ -118,6 +120,7 @@ class FleetView:
     namespace: str
     name: str
     uid: str
+    resource_version: str
     generation: int
     deleting: bool
     spec: Mapping[str, Any] = field(repr=False)
@@ -131,6 +134,7 @@ class FleetView:
             namespace=meta["namespace"],
             name=meta["name"],
             uid=meta["uid"],
+            resource_version=meta.get("resourceVersion", ""),
             generation=int(meta.get("generation", 0)),
             deleting=bool(meta.get("deletionTimestamp")),
             spec=spec,

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agentarmy.api.common import API_VERSION, LabelSelector, parse_duration, set_condition
+from agentarmy.api.common import API_VERSION, LabelSelector, set_condition
 from agentarmy.api.fleet import FleetSpec, FleetStatus
 from agentarmy.operator import labels, rollout
 from agentarmy.operator.cache import Cache, FleetView
@@ -180,7 +180,9 @@ class FleetReconciler:
         wait = self._last_status_write.get(key, 0.0) + STATUS_INTERVAL - time.monotonic()
         if wait > 0:
             return wait  # batch: look again when the interval has passed
-        await self.kube.patch_status("Fleet", fleet.namespace, fleet.name, new)
+        await self.kube.patch_status(
+            "Fleet", fleet.namespace, fleet.name, new, fleet.resource_version
+        )
         self._last_status_write[key] = time.monotonic()
         return None
 
@@ -199,8 +201,12 @@ class FleetReconciler:
             }
         )
         await self.kube.patch_status(
-            "Fleet", fleet.namespace, fleet.name, status.model_dump(mode="json", exclude_none=True)
+            "Fleet",
+            fleet.namespace,
+            fleet.name,
+            status.model_dump(mode="json", exclude_none=True),
+            fleet.resource_version,
         )
 
 
-__all__ = ["FleetReconciler", "parse_duration", "template_hash"]
+__all__ = ["FleetReconciler", "template_hash"]

@@ -62,14 +62,16 @@ class Kube:
         return True
 
     async def patch_status(
-        self, kind: str, namespace: str, name: str, status: dict[str, Any]
+        self, kind: str, namespace: str, name: str, status: dict[str, Any], resource_version: str
     ) -> None:
+        """Patch status on top of the version we read: a newer object makes it a 409
+        and the caller retries with a fresh cache, instead of writing stale news."""
         metrics.API_WRITES.labels("patch-status", kind).inc()
         try:
             await self.client.patch(
                 RESOURCES[kind].Status,
                 name,
-                {"status": status},
+                {"metadata": {"resourceVersion": resource_version}, "status": status},
                 namespace=namespace,
                 patch_type=PatchType.MERGE,
             )

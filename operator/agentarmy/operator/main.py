@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import kopf
-from lightkube import AsyncClient
+from lightkube import ApiError, AsyncClient
 
 from agentarmy.logs import configure_json_logging
 from agentarmy.operator import labels, metrics
@@ -59,6 +59,10 @@ def instrumented(
 
 def _log_error(kind: str) -> Callable[[Key, BaseException, float], None]:
     def report(key: Key, err: BaseException, delay: float) -> None:
+        if isinstance(err, ApiError) and err.status.code == 409:
+            # Our cache was behind the object: normal, retried once the watch catches up.
+            log.debug("conflict on %s/%s; retrying in %.1fs", key[0], key[1], delay)
+            return
         log.warning(
             "reconcile failed, retrying in %.1fs: %s",
             delay,

@@ -1,0 +1,145 @@
+"""The whole system on a local control plane: router, operator and pod runner.
+
+Used by the demo and the end-to-end tests, so both run exactly the same thing.
+The router keeps its tasks in SQLite and authenticates agents through
+TokenReview of their pods' ServiceAccount tokens; a client token (namespaced)
+and an admin token are written to a 0600 file, never printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from agentarmy.devcluster.cluster import DevCluster, free_port
+from agentarmy.devcluster.operator_process import OPERATOR_NAMESPACE, OperatorProcess
+from agentarmy.devcluster.podrunner import pod_runner
+from agentarmy.router.client import RouterClient, RouterError
+
+
+class RouterProcess:
+    """The router as a child process on a free loopback port."""
+
+    def __init__(self, cluster: DevCluster, workdir: Path, tokens: list[dict[str, str]]) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.port = free_port()
+        self.token_file = workdir / "router-tokens.yaml"
+        self.token_file.write_text(yaml.safe_dump(tokens))
+        self.token_file.chmod(0o600)
+        self.log = workdir / "logs" / "router.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> subprocess.Popen[bytes]:
+        c = self.cluster
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "agentarmy.cli.main",
+                    "router",
+                    f"--store=sqlite:///{self.workdir / 'router.db'}",
+                    f"--listen=127.0.0.1:{self.port}",
+                    f"--token-file={self.token_file}",
+                    "--token-review",
+                    f"--kube-server={c.server}",
+                    f"--kube-ca-file={c.ca_file}",
+                    f"--kube-client-cert={c.admin_cert_file}",
+                    f"--kube-client-key={c.admin_key_file}",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return self.process
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Stack:
+    cluster: DevCluster
+    namespace: str
+    router_url: str
+    client_token: str
+    admin_token: str
+    router: RouterProcess
+    operator: OperatorProcess
+    workdir: Path
+
+
+@contextlib.contextmanager
+def local_stack(cluster: DevCluster, namespace: str, workdir: Path) -> Iterator[Stack]:
+    """Start router, operator and a pod runner for ``namespace``; stop them after."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in (OPERATOR_NAMESPACE, namespace):
+        cluster.kubectl("create", "namespace", name, check=False)
+    cluster.kubectl(
+        "wait", "--for=create", "serviceaccount/default", "-n", namespace, "--timeout=60s"
+    )
+    client_token, admin_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    router = RouterProcess(
+        cluster,
+        workdir,
+        [
+            {"token": client_token, "name": "local-user", "role": "client", "namespace": namespace},
+            {"token": admin_token, "name": "local-admin", "role": "admin"},
+        ],
+    )
+    router.start()
+    operator = OperatorProcess(cluster.kubeconfig, f"local-{namespace}", router_url=router.url)
+    try:
+        operator.start()
+        with pod_runner(cluster.kubeconfig, workdir / "pods", "--namespace", namespace):
+            yield Stack(
+                cluster, namespace, router.url, client_token, admin_token, router, operator, workdir
+            )
+    finally:
+        operator.stop()
+        router.stop()
+
+
+async def wait_for_agents(
+    router_url: str, admin_token: str, namespace: str, count: int, seconds: float = 90
+) -> None:
+    """Until ``count`` agents of ``namespace`` are registered with the router."""
+
+    async def registered() -> int:
+        stats = await admin.stats()
+        return sum(len(f.agents) for f in stats.fleets if f.namespace == namespace)
+
+    async with RouterClient(router_url, admin_token) as admin:
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    with contextlib.suppress(RouterError, aiohttp.ClientError):
+                        if await registered() >= count:
+                            return
+                    await asyncio.sleep(0.5)
+        except TimeoutError:
+            raise TimeoutError(
+                f"fewer than {count} agents of {namespace} registered in {seconds:.0f}s"
+            ) from None
