@@ -1,7 +1,9 @@
 """Structured logging shared by every process: one JSON object per line.
 
-Fields passed with ``extra=`` (namespace, name, taskId, ...) land at the top
-level of the line, so a person can grep or jq for the ids they follow.
+Fields passed with ``extra=`` (namespace, taskId, ...) land at the top level
+of the line, so a person can grep or jq for the ids they follow. Names that
+LogRecord reserves (``name``, ``created``) can be passed inside
+``extra={"fields": {...}}`` instead.
 """
 
 from __future__ import annotations
@@ -24,19 +26,21 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _SKIP and not key.startswith("_"):
+            if key == "fields" and isinstance(value, dict):
+                line.update(value)
+            elif key not in _SKIP and not key.startswith("_"):
                 line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, separators=(",", ":"), default=str)
 
 
-def configure_json_logging(level: str = "INFO") -> None:
+def configure_json_logging(level: str | int = "INFO") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(level.upper() if isinstance(level, str) else level)
     # Per-request and per-handler chatter: one line per API call or watch event
     # would drown the decisions at a thousand agents.
     for noisy in (

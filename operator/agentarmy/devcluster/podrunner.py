@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -49,6 +48,7 @@ from lightkube.resources.core_v1 import Node, Pod, PodStatus
 from agentarmy.devcluster.cluster import _die_with_parent
 from agentarmy.devcluster.podenv import ObjectCache, PodConfigError, container_env, expand
 from agentarmy.devcluster.podvolumes import local_dir, materialize, mount_map, rewrite
+from agentarmy.logs import configure_json_logging
 
 AGENT_LABEL = "agentarmy.io/agent"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -66,22 +66,6 @@ def emit(
 ) -> None:
     """One structured log line; callers pass names and numbers, never Secret values."""
     log.log(level, event, exc_info=exc, extra={"fields": fields})
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line, the same keys as the operator's and router's logs."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        line.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, separators=(",", ":"), default=str)
 
 
 class StartError(Exception):
@@ -641,14 +625,6 @@ class PodRunner:
 
 
 # -- running it ----------------------------------------------------------------
-def configure_logging(level: int = logging.INFO) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-    for chatty in ("httpx", "httpx2", "httpcore"):  # one line per request otherwise
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-
-
 def default_log_dir() -> Path:
     return Path(tempfile.gettempdir()) / "agentarmy-podrunner" / "logs"
 
@@ -703,7 +679,7 @@ async def _serve(config: RunnerConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging()
+    configure_json_logging()
     config = RunnerConfig(
         kubeconfig=args.kubeconfig,
         log_dir=args.log_dir,
