@@ -1,0 +1,65 @@
+"""The binary cache: only complete, unchanged builds are reused; errors say what to do."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from agentarmy.devcluster import binaries
+from agentarmy.devcluster.binaries import BinaryError, Component
+from agentarmy.devcluster.cluster import ClusterError, require_free_port
+
+
+@pytest.fixture
+def component(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Component:
+    monkeypatch.setenv("AGENTARMY_CACHE", str(tmp_path))
+    built = Component("tool", "v1.0.0", ("tool-a", "tool-b"))
+    built.directory.mkdir(parents=True)
+    for name in built.binaries:
+        built.path(name).write_bytes(b"#!/bin/sh\necho " + name.encode() + b"\n")
+    return built
+
+
+def test_sealed_build_is_complete(component: Component) -> None:
+    component.seal()
+    assert component.is_complete()
+
+
+def test_build_without_marker_is_not_reused(component: Component) -> None:
+    assert not component.is_complete()
+
+
+def test_half_written_binary_is_detected(component: Component) -> None:
+    component.seal()
+    component.path("tool-b").write_bytes(b"#!/bin/sh\nec")  # truncated after sealing
+    assert not component.is_complete()
+
+
+def test_missing_binary_is_detected(component: Component) -> None:
+    component.seal()
+    component.path("tool-a").unlink()
+    assert not component.is_complete()
+
+
+def test_other_version_is_not_reused(component: Component) -> None:
+    component.seal()
+    newer = Component("tool", "v1.0.1", component.binaries)
+    assert not newer.is_complete()
+
+
+def test_missing_go_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTARMY_CACHE", str(tmp_path))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(BinaryError, match="install Go"):
+        binaries.build_etcd()
+
+
+def test_taken_port_is_a_clear_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(ClusterError, match=f"port {port} for kube-apiserver is already taken"):
+            require_free_port(port, "kube-apiserver")
