@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from agentarmy.api import crdgen
-from agentarmy.devcluster.cluster import DevCluster, run_kubectl
+from agentarmy.devcluster.cluster import DevCluster, install_crds, run_kubectl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,10 +34,7 @@ class ExternalCluster:
         return run_kubectl(self.kubeconfig, *args, input=input, check=check, timeout=timeout)
 
     def install_crds(self, crd_dir: Path, timeout: float = 60) -> None:
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_dir))
-        self.kubectl(
-            "wait", "--for=condition=Established", f"--timeout={int(timeout)}s", "-f", str(crd_dir)
-        )
+        install_crds(self.kubeconfig, crd_dir, timeout)
 
 
 @pytest.fixture(scope="session")

@@ -23,8 +23,12 @@ def test_committed_crd_is_fresh(resource: Any) -> None:
 
 
 def test_no_stray_crd_files() -> None:
-    expected = {f"{r.crd_name}.yaml" for r in RESOURCES}
+    expected = {f"{r.crd_name}.yaml" for r in RESOURCES} | {"kustomization.yaml"}
     assert {p.name for p in CRD_DIR.glob("*.yaml")} == expected
+
+
+def test_committed_kustomization_is_fresh() -> None:
+    assert (CRD_DIR / "kustomization.yaml").read_text() == crdgen.render_kustomization()
 
 
 def _walk(node: Any, path: str = "") -> list[tuple[str, str]]:

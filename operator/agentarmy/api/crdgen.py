@@ -183,6 +183,16 @@ def default_output() -> Path:
     return Path(__file__).resolve().parents[3] / "crds"
 
 
+def render_kustomization() -> str:
+    """crds/ as a kustomization, so manifests/base can include the directory."""
+    body = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [f"{r.crd_name}.yaml" for r in RESOURCES],
+    }
+    return HEADER + yaml.safe_dump(body, sort_keys=False)
+
+
 def write(output: Path) -> list[Path]:
     output.mkdir(parents=True, exist_ok=True)
     written = []
@@ -190,6 +200,9 @@ def write(output: Path) -> list[Path]:
         path = output / f"{resource.crd_name}.yaml"
         path.write_text(render(resource))
         written.append(path)
+    kustomization = output / "kustomization.yaml"
+    kustomization.write_text(render_kustomization())
+    written.append(kustomization)
     return written
 
 

@@ -207,10 +207,7 @@ class DevCluster:
         return run_kubectl(self.kubeconfig, *args, input=input, check=check, timeout=timeout)
 
     def install_crds(self, crd_dir: Path, timeout: float = 60) -> None:
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_dir))
-        self.kubectl(
-            "wait", "--for=condition=Established", f"--timeout={int(timeout)}s", "-f", str(crd_dir)
-        )
+        install_crds(self.kubeconfig, crd_dir, timeout)
 
     # -- internals -------------------------------------------------------------
     def _write_pki(self) -> None:
@@ -495,6 +492,16 @@ def run_kubectl(
     if check and proc.returncode != 0:
         raise ClusterError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc
+
+
+def install_crds(kubeconfig: Path, crd_dir: Path, timeout: float = 60) -> None:
+    """Apply the CRD kustomization in ``crd_dir`` and wait until all are Established."""
+    run_kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-k", str(crd_dir))
+    names = yaml.safe_load((crd_dir / "kustomization.yaml").read_text())["resources"]
+    crds = [f"crd/{name.removesuffix('.yaml')}" for name in names]
+    run_kubectl(
+        kubeconfig, "wait", "--for=condition=Established", f"--timeout={int(timeout)}s", *crds
+    )
 
 
 def stop_detached(workdir: Path) -> list[str]:

@@ -24,8 +24,10 @@ class OperatorProcess:
         identity: str,
         lease_seconds: float = 6.0,
         router_url: str = "http://127.0.0.1:1",
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
+        self.extra_env = extra_env or {}
         self.identity = identity
         self.port = free_port()
         self.lease_seconds = lease_seconds
@@ -43,6 +45,7 @@ class OperatorProcess:
             "AGENTARMY_RENEW_SECONDS": "1",
             "AGENTARMY_RETRY_SECONDS": "0.5",
             "AGENTARMY_ROUTER_URL": self.router_url,
+            **self.extra_env,
         }
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(

@@ -1,0 +1,158 @@
+"""The deployment manifests: least-privilege RBAC that is enough to run the
+operator, and workloads the `restricted` Pod Security Standard admits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agentarmy.devcluster.operator_process import OperatorProcess
+from tests.integration.operator_process import wait_for
+from tests.integration.test_operator import fleet_manifest, wait_fleet
+
+pytestmark = pytest.mark.integration
+
+BASE = Path(__file__).resolve().parents[2] / "manifests" / "base"
+SYSTEM = "agentarmy-system"
+OPERATOR_SA = f"system:serviceaccount:{SYSTEM}:agentarmy-operator"
+ROUTER_SA = f"system:serviceaccount:{SYSTEM}:agentarmy-router"
+RBAC_KINDS = {
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+}
+
+
+def rendered(cluster: Any) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(cluster.kubectl("kustomize", str(BASE)).stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def rbac(cluster: Any) -> Iterator[list[dict[str, Any]]]:
+    docs = [d for d in rendered(cluster) if d["kind"] in RBAC_KINDS]
+    cluster.kubectl("apply", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in docs))
+    yield docs
+
+
+def can(cluster: Any, who: str, verb: str, resource: str, namespace: str = "default") -> bool:
+    """`kubectl auth can-i`; ``resource`` may name a subresource as ``kind/sub``."""
+    resource, _, subresource = resource.partition("/")
+    extra = [f"--subresource={subresource}"] if subresource else []
+    out = cluster.kubectl(
+        "auth", "can-i", verb, resource, *extra, f"--as={who}", "-n", namespace, check=False
+    )
+    return out.stdout.strip() == "yes"
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "allowed"),
+    [
+        ("create", "agents.agentarmy.io", True),
+        ("patch", "fleets.agentarmy.io/status", True),
+        ("create", "pods", True),
+        ("create", "events", True),
+        ("update", "fleets.agentarmy.io", False),  # spec belongs to users
+        ("get", "secrets", False),  # API keys stay by reference
+        ("create", "pods/exec", False),
+        ("create", "deployments.apps", False),
+        ("delete", "namespaces", False),
+    ],
+)
+def test_operator_permissions(
+    cluster: Any, rbac: Any, verb: str, resource: str, allowed: bool
+) -> None:
+    assert can(cluster, OPERATOR_SA, verb, resource) is allowed
+
+
+def test_operator_lease_only_in_its_namespace(cluster: Any, rbac: Any) -> None:
+    assert can(cluster, OPERATOR_SA, "create", "leases.coordination.k8s.io", SYSTEM)
+    assert not can(cluster, OPERATOR_SA, "create", "leases.coordination.k8s.io", "kube-system")
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "allowed"),
+    [
+        ("create", "tokenreviews.authentication.k8s.io", True),
+        ("get", "pods", True),
+        ("list", "pods", False),
+        ("get", "secrets", False),
+        ("create", "pods", False),
+    ],
+)
+def test_router_permissions(
+    cluster: Any, rbac: Any, verb: str, resource: str, allowed: bool
+) -> None:
+    assert can(cluster, ROUTER_SA, verb, resource) is allowed
+
+
+def test_workloads_pass_restricted_pod_security(cluster: Any, rbac: Any) -> None:
+    workloads = [
+        d
+        for d in rendered(cluster)
+        if d["kind"] in ("Deployment", "Service", "PersistentVolumeClaim")
+    ]
+    out = cluster.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input="---\n".join(yaml.safe_dump(d) for d in workloads),
+    )
+    assert "Warning" not in out.stderr, out.stderr
+    namespace = next(d for d in rendered(cluster) if d["kind"] == "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def service_account_kubeconfig(cluster: Any, path: Path) -> Path:
+    token = cluster.kubectl(
+        "create", "token", "agentarmy-operator", "-n", SYSTEM, "--duration=1h"
+    ).stdout.strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "c",
+                "cluster": {
+                    "server": cluster.server,
+                    "certificate-authority": str(cluster.ca_file),
+                },
+            }
+        ],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "operator"}}],
+        "current-context": "c",
+    }
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return path
+
+
+def test_operator_runs_with_only_its_rbac(
+    cluster: Any, rbac: Any, namespace: str, tmp_path: Path
+) -> None:
+    kubeconfig = service_account_kubeconfig(cluster, tmp_path / "operator.kubeconfig")
+    operator = OperatorProcess(kubeconfig, "rbac-test")
+    operator.start()
+    try:
+        wait_for(operator.is_leader, 40, what="the operator to lead under its own RBAC")
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=fleet_manifest("least", 3))
+        wait_fleet(cluster, namespace, "least", 3)
+        cluster.kubectl("scale", "-n", namespace, "fleet/least", "--replicas=1")
+        wait_fleet(cluster, namespace, "least", 1)
+        errors = [
+            k
+            for k, v in operator.metrics().items()
+            if k.startswith("agentarmy_operator_api_errors_total") and 'code="403"' in k and v > 0
+        ]
+        assert errors == [], f"forbidden requests: {errors}\n{operator.tail()}"
+    finally:
+        operator.stop()
