@@ -17,7 +17,7 @@ from agentarmy.api.common import (
     SecretKeyRef,
 )
 
-DEFAULT_AGENT_IMAGE = "ghcr.io/agentarmy/agent:0.1.0"
+DEFAULT_AGENT_IMAGE = "ghcr.io/agentarmy/agentarmy:0.1.0"
 
 Capability = Annotated[
     str,
