@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
 from tests.integration.operator_process import (
     OPERATOR_NAMESPACE,
     OperatorProcess,

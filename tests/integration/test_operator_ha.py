@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+
 from tests.integration.operator_process import (
     OPERATOR_NAMESPACE,
     OperatorProcess,
