@@ -114,8 +114,39 @@ class Ports:
                 setattr(self, name, free_port())
 
 
+class KubectlAccess:
+    """kubectl and CRD installation against the cluster in ``self.kubeconfig``."""
+
+    @property
+    def kubeconfig(self) -> Path:
+        raise NotImplementedError
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        return run_kubectl(self.kubeconfig, *args, input=input, check=check, timeout=timeout)
+
+    def install_crds(self, crd_dir: Path, timeout: float = 60) -> None:
+        install_crds(self.kubeconfig, crd_dir, timeout)
+
+
+class ExistingCluster(KubectlAccess):
+    """A cluster someone else runs (e.g. kind), named by a kubeconfig."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        self._kubeconfig = kubeconfig
+        config = yaml.safe_load(kubeconfig.read_text())
+        context = next(c for c in config["contexts"] if c["name"] == config["current-context"])
+        cluster = next(c for c in config["clusters"] if c["name"] == context["context"]["cluster"])
+        self.server: str = cluster["cluster"]["server"]
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self._kubeconfig
+
+
 @dataclass
-class DevCluster:
+class DevCluster(KubectlAccess):
     """A control plane in ``workdir`` (a fresh temp dir unless given)."""
 
     nodes: int = 3
@@ -200,14 +231,6 @@ class DevCluster:
     # -- helpers for callers ---------------------------------------------------
     def env(self) -> dict[str, str]:
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
-
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        return run_kubectl(self.kubeconfig, *args, input=input, check=check, timeout=timeout)
-
-    def install_crds(self, crd_dir: Path, timeout: float = 60) -> None:
-        install_crds(self.kubeconfig, crd_dir, timeout)
 
     # -- internals -------------------------------------------------------------
     def _write_pki(self) -> None:
