@@ -11,7 +11,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+)
 
 GROUP = "agentarmy.io"
 VERSION = "v1alpha1"
@@ -123,6 +130,13 @@ class Condition(Model):
     observedGeneration: int | None = Field(
         default=None, ge=0, description="The .metadata.generation this condition was computed for."
     )
+
+
+def describe_error(err: ValidationError, prefix: str = "spec") -> str:
+    """The first validation problem as ``spec.a.b: what is wrong`` for a status message."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{prefix}.{where}: {first['msg']}"
 
 
 def now_rfc3339() -> str:

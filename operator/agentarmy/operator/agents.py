@@ -15,7 +15,7 @@ from lightkube import ApiError
 from pydantic import ValidationError
 
 from agentarmy.api.agent import AgentSpec, AgentStatus
-from agentarmy.api.common import set_condition
+from agentarmy.api.common import describe_error, set_condition
 from agentarmy.operator import labels
 from agentarmy.operator.cache import AgentView, Cache, PodView
 from agentarmy.operator.expectations import Expectations
@@ -127,7 +127,7 @@ class AgentReconciler:
             spec = AgentSpec.model_validate(agent.spec)
         except ValidationError as err:
             await self._write_status(
-                agent, agent_status(agent, _first_error(err), Observation(None, ""))
+                agent, agent_status(agent, describe_error(err), Observation(None, ""))
             )
             return None
         desired = self.desired_pod(agent, spec)
@@ -199,9 +199,3 @@ class AgentReconciler:
             await self.kube.patch_status(
                 "Agent", agent.namespace, agent.name, new, agent.resource_version
             )
-
-
-def _first_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    return f"spec.{where}: {first['msg']}"

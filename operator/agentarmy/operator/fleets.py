@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from agentarmy.api.common import API_VERSION, LabelSelector, set_condition
+from agentarmy.api.common import API_VERSION, LabelSelector, describe_error, set_condition
 from agentarmy.api.fleet import FleetSpec, FleetStatus
 from agentarmy.operator import labels, rollout
 from agentarmy.operator.cache import Cache, FleetView
@@ -187,8 +187,7 @@ class FleetReconciler:
         return None
 
     async def _invalid(self, fleet: FleetView, err: ValidationError) -> None:
-        first = err.errors()[0]
-        message = f"spec.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+        message = describe_error(err)
         current = FleetStatus.model_validate(fleet.status or {})
         conditions = set_condition(
             current.conditions, "Progressing", "False", "InvalidSpec", message, fleet.generation
