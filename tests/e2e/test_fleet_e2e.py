@@ -113,6 +113,16 @@ def test_fleet_runs_tasks_and_survives_an_agent_crash(cluster: Any, stack: Stack
     after = asyncio.run(run_tasks(stack, 60, "after"))
     assert [t.phase for t in after] == ["Succeeded"] * 60
 
+    # The router's counts reach Agent status at a coarse interval (not per task).
+    def counted() -> int:
+        items = get_json(cluster, "agents", "-n", ns)["items"]
+        return sum(a["status"].get("tasksSucceeded", 0) for a in items)
+
+    wait_for(lambda: counted() >= 120, 60, what="task counts in Agent status")
+    for item in get_json(cluster, "agents", "-n", ns)["items"]:
+        assert item["status"]["lastHeartbeatTime"], item["metadata"]["name"]
+    assert get_json(cluster, "fleet", "echo", "-n", ns)["status"]["queueDepth"] == 0
+
 
 def test_demo_command_shows_results() -> None:
     out = subprocess.run(

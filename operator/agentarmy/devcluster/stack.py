@@ -92,7 +92,9 @@ class Stack:
 
 
 @contextlib.contextmanager
-def local_stack(cluster: DevCluster, namespace: str, workdir: Path) -> Iterator[Stack]:
+def local_stack(
+    cluster: DevCluster, namespace: str, workdir: Path, stats_seconds: float = 5.0
+) -> Iterator[Stack]:
     """Start router, operator and a pod runner for ``namespace``; stop them after."""
     workdir.mkdir(parents=True, exist_ok=True)
     for name in (OPERATOR_NAMESPACE, namespace):
@@ -110,7 +112,18 @@ def local_stack(cluster: DevCluster, namespace: str, workdir: Path) -> Iterator[
         ],
     )
     router.start()
-    operator = OperatorProcess(cluster.kubeconfig, f"local-{namespace}", router_url=router.url)
+    admin_token_file = workdir / "operator-router.token"
+    admin_token_file.write_text(admin_token)
+    admin_token_file.chmod(0o600)
+    operator = OperatorProcess(
+        cluster.kubeconfig,
+        f"local-{namespace}",
+        router_url=router.url,
+        extra_env={
+            "AGENTARMY_ROUTER_TOKEN_FILE": str(admin_token_file),
+            "AGENTARMY_STATS_SECONDS": str(stats_seconds),
+        },
+    )
     try:
         operator.start()
         with pod_runner(cluster.kubeconfig, workdir / "pods", "--namespace", namespace):

@@ -14,6 +14,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import kopf
 from lightkube import ApiError, AsyncClient
@@ -29,7 +30,9 @@ from agentarmy.operator.kube import Kube
 from agentarmy.operator.leader import LeaderElector
 from agentarmy.operator.pods import PodContext
 from agentarmy.operator.settings import OperatorConfig, kopf_settings
+from agentarmy.operator.stats import StatsSync
 from agentarmy.operator.workqueue import Key, WorkQueue, run_workers
+from agentarmy.router.client import RouterClient, TokenSource
 
 log = logging.getLogger("agentarmy.operator")
 
@@ -80,6 +83,15 @@ async def _report_gauges(cache: Cache, queues: dict[str, WorkQueue]) -> None:
         for kind, queue in queues.items():
             metrics.QUEUE_DEPTH.labels(kind).set(len(queue))
         await asyncio.sleep(5)
+
+
+async def _sync_stats(config: OperatorConfig, cache: Cache, kube: Kube) -> None:
+    if not config.router_token_file:
+        log.info("no AGENTARMY_ROUTER_TOKEN_FILE: task counts stay out of status")
+        await asyncio.Event().wait()
+    token = TokenSource(path=Path(config.router_token_file))
+    async with RouterClient(config.router_url, token, config.router_ca_file or None) as client:
+        await StatsSync(cache, kube, client, config.stats_seconds).run()
 
 
 async def run(config: OperatorConfig, stop: asyncio.Event) -> int:
@@ -165,6 +177,7 @@ async def _lead(
             _report_gauges(cache, {"Agent": agent_queue, "Fleet": fleet_queue})
         ),
         "lease": asyncio.create_task(elector.keep()),
+        "stats": asyncio.create_task(_sync_stats(config, cache, kube)),
         "stop": asyncio.create_task(stop.wait()),
     }
     done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
@@ -174,7 +187,7 @@ async def _lead(
             if task in done and name != "stop" and not task.cancelled() and task.exception():
                 log.error("%s stopped: %r", name, task.exception())
     # Stop acting first; only then hand the lease over.
-    for name in ("agents", "fleets", "gauges", "lease"):
+    for name in ("agents", "fleets", "gauges", "lease", "stats"):
         tasks[name].cancel()
     kopf_stop.set()
     with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):

@@ -33,6 +33,10 @@ class OperatorConfig:
     health_address: str = "127.0.0.1"
     health_port: int = 8080
     """/healthz, /readyz and /metrics."""
+    router_token_file: str = ""
+    """Bearer token for the router's stats (in a pod: a projected ServiceAccount token)."""
+    stats_seconds: float = 60.0
+    """How often router figures are copied into Agent and Fleet status."""
     agent_workers: int = 16
     fleet_workers: int = 4
 
@@ -43,6 +47,8 @@ class OperatorConfig:
         return cls(
             router_url=env.get("AGENTARMY_ROUTER_URL", defaults.router_url),
             router_ca_file=env.get("AGENTARMY_ROUTER_CA_FILE", ""),
+            router_token_file=env.get("AGENTARMY_ROUTER_TOKEN_FILE", ""),
+            stats_seconds=float(env.get("AGENTARMY_STATS_SECONDS", defaults.stats_seconds)),
             namespace=env.get("AGENTARMY_OPERATOR_NAMESPACE", defaults.namespace),
             lease_name=env.get("AGENTARMY_LEASE_NAME", defaults.lease_name),
             lease_seconds=float(env.get("AGENTARMY_LEASE_SECONDS", defaults.lease_seconds)),

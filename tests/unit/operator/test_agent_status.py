@@ -94,3 +94,26 @@ def test_invalid_spec_is_reported() -> None:
     status = agent_status(agent(), "spec.concurrency: too big", Observation(None, ""))
     assert status.phase == "Failed"
     assert conditions(status)["Degraded"] == ("True", "InvalidSpec")
+
+
+def test_router_figures_are_written_only_when_they_change() -> None:
+    from agentarmy.api import wire
+    from agentarmy.operator.stats import HEARTBEAT_REFRESH_SECONDS, agent_news, rfc3339
+
+    now = 1_800_000_000.0
+    figures = wire.AgentStats(
+        name="a",
+        ready=True,
+        live=True,
+        templateHash="h",
+        running=0,
+        succeeded=5,
+        failed=1,
+        lastHeartbeat=now - 3,
+    )
+    fresh = {"tasksSucceeded": 5, "tasksFailed": 1, "lastHeartbeatTime": rfc3339(now - 60)}
+    assert agent_news(fresh, figures, now) == {}
+    moved = agent_news({**fresh, "tasksSucceeded": 4}, figures, now)
+    assert moved == {"tasksSucceeded": 5, "tasksFailed": 1, "lastHeartbeatTime": rfc3339(now - 3)}
+    old_heartbeat = {**fresh, "lastHeartbeatTime": rfc3339(now - HEARTBEAT_REFRESH_SECONDS - 1)}
+    assert agent_news(old_heartbeat, figures, now)["lastHeartbeatTime"] == rfc3339(now - 3)

@@ -1,0 +1,101 @@
+"""Router figures into Agent and Fleet status, at a coarse interval.
+
+Task traffic never touches etcd: the router counts, and this loop copies the
+counts (tasks succeeded/failed, last heartbeat, queue depth) into status once
+per interval, and only for objects whose figures changed. Heartbeats alone
+refresh at most every HEARTBEAT_REFRESH_SECONDS, so a thousand idle agents do
+not cost a thousand writes per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from lightkube import ApiError
+
+from agentarmy.api import wire
+from agentarmy.operator.cache import Cache
+from agentarmy.operator.kube import Kube
+from agentarmy.router.client import RouterClient
+
+log = logging.getLogger("agentarmy.operator.stats")
+
+HEARTBEAT_REFRESH_SECONDS = 300.0
+
+
+def rfc3339(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _age(stamp: str, now: float) -> float:
+    if not stamp:
+        return float("inf")
+    return now - datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def agent_news(status: dict[str, Any], figures: wire.AgentStats, now: float) -> dict[str, Any]:
+    """The status fields to write for one agent; empty when nothing is worth a write."""
+    counts = {"tasksSucceeded": figures.succeeded, "tasksFailed": figures.failed}
+    changed = {k: v for k, v in counts.items() if status.get(k, 0) != v}
+    stale_heartbeat = _age(status.get("lastHeartbeatTime", ""), now) > HEARTBEAT_REFRESH_SECONDS
+    if not changed and not stale_heartbeat:
+        return {}
+    return {**counts, "lastHeartbeatTime": rfc3339(figures.lastHeartbeat)}
+
+
+class StatsSync:
+    def __init__(self, cache: Cache, kube: Kube, client: RouterClient, interval: float) -> None:
+        self.cache = cache
+        self.kube = kube
+        self.client = client
+        self.interval = interval
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                writes = await self.sync_once()
+            except Exception as err:  # the router may be down; status just stays coarse
+                log.warning("could not read router stats: %s", err)
+            else:
+                log.debug("router stats copied", extra={"statusWrites": writes})
+
+    async def sync_once(self) -> int:
+        if not self.cache.bound:
+            return 0
+        stats = await self.client.stats()
+        now = datetime.now(UTC).timestamp()
+        writes = 0
+        for fleet in stats.fleets:
+            for figures in fleet.agents:
+                agent = self.cache.agent(fleet.namespace, figures.name)
+                if agent is None or agent.deleting:
+                    continue
+                news = agent_news(dict(agent.status), figures, now)
+                if news and await self._patch(
+                    "Agent", fleet.namespace, figures.name, news, agent.resource_version
+                ):
+                    writes += 1
+            view = self.cache.fleet(fleet.namespace, fleet.fleet)
+            if view is None or view.deleting or view.status.get("queueDepth", 0) == fleet.queued:
+                continue
+            news = {"queueDepth": fleet.queued}
+            if await self._patch(
+                "Fleet", fleet.namespace, fleet.fleet, news, view.resource_version
+            ):
+                writes += 1
+        return writes
+
+    async def _patch(
+        self, kind: str, namespace: str, name: str, status: dict[str, Any], resource_version: str
+    ) -> bool:
+        try:
+            await self.kube.patch_status(kind, namespace, name, status, resource_version)
+        except ApiError as err:
+            if err.status.code == 409:
+                return False  # changed meanwhile; the next round writes it
+            raise
+        return True
