@@ -193,7 +193,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              " its next heartbeat", cancel_task, wire.Task),
     Endpoint("GET", "/v1/tasks/{task_id}/wait", "Wait until the task has ended (or timeout)",
              wait_task, wire.Task,
-             query=(Q("timeout", {"type": "string", "pattern": r"^([0-9]{1,2}(ms|s))$"},
+             query=(Q("timeout", {"type": "string", "pattern": r"^(([0-9]|[1-5][0-9]|60)s|[0-9]{1,4}ms)$"},
                       "Duration, at most 60s (default 30s)"),)),
     Endpoint("POST", "/v1/agents", "Register (or re-register) an agent", register, wire.AgentInfo,
              wire.RegisterAgent, tag="agents"),
