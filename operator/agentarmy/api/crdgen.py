@@ -183,6 +183,11 @@ def default_output() -> Path:
     return Path(__file__).resolve().parents[3] / "crds"
 
 
+def helm_chart_crds() -> Path:
+    """Helm installs CRDs from the chart's own crds/ folder: a generated copy."""
+    return Path(__file__).resolve().parents[3] / "helm" / "agentarmy" / "crds"
+
+
 def render_kustomization() -> str:
     """crds/ as a kustomization, so manifests/base can include the directory."""
     body = {
@@ -206,11 +211,21 @@ def write(output: Path) -> list[Path]:
     return written
 
 
+def write_helm_copies(output: Path) -> list[Path]:
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    for resource in RESOURCES:
+        path = output / f"{resource.crd_name}.yaml"
+        path.write_text(render(resource))
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Regenerate the CRDs from the models.")
     parser.add_argument("--output", type=Path, default=default_output())
     args = parser.parse_args(argv)
-    for path in write(args.output):
+    for path in write(args.output) + write_helm_copies(helm_chart_crds()):
         print(f"wrote {path}")
     return 0
 

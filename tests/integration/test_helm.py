@@ -1,0 +1,98 @@
+"""The Helm chart: lints, renders what manifests/base renders (RBAC cannot
+drift apart), refuses bad values with a clear message, and its workloads are
+admitted under the `restricted` Pod Security Standard."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agentarmy.devcluster import binaries
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "agentarmy"
+RBAC_KINDS = ("ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding", "ServiceAccount")
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    binaries.ensure(["helm"])
+    return subprocess.run(
+        [str(binaries.kube_binary("helm")), *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=120,
+    )
+
+
+def render(*values: str, namespace: str = "agentarmy-system") -> list[dict[str, Any]]:
+    out = helm("template", "agentarmy", str(CHART), "-n", namespace, *values).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind_and_name(docs: list[dict[str, Any]], kinds: tuple[str, ...]) -> dict[str, Any]:
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in docs if d["kind"] in kinds}
+
+
+def test_chart_lints() -> None:
+    assert "0 chart(s) failed" in helm("lint", str(CHART)).stdout
+
+
+def test_chart_rbac_matches_the_kustomize_base(cluster: Any) -> None:
+    base = [
+        d
+        for d in yaml.safe_load_all(
+            cluster.kubectl("kustomize", str(REPO / "manifests" / "base")).stdout
+        )
+        if d
+    ]
+    chart = by_kind_and_name(render(), RBAC_KINDS)
+    kustomize = by_kind_and_name(base, RBAC_KINDS)
+    assert sorted(chart) == sorted(kustomize)
+    for key, doc in chart.items():
+        for field in ("rules", "roleRef", "subjects"):
+            assert doc.get(field) == kustomize[key].get(field), f"{key}.{field} differs"
+
+
+def test_more_router_replicas_need_nats() -> None:
+    out = helm("template", "agentarmy", str(CHART), "--set", "router.replicas=2", check=False)
+    assert out.returncode != 0
+    assert "router.replicas > 1 needs the NATS store" in out.stderr
+    docs = render("--set", "router.replicas=3", "--set", "router.store=nats://nats:4222")
+    router = by_kind_and_name(docs, ("Deployment",))["Deployment/agentarmy-router"]
+    assert router["spec"]["replicas"] == 3
+    assert "PersistentVolumeClaim/agentarmy-router-data" not in by_kind_and_name(
+        docs, ("PersistentVolumeClaim",)
+    )
+
+
+def test_chart_workloads_pass_restricted_pod_security(cluster: Any, namespace: str) -> None:
+    cluster.kubectl(
+        "label",
+        "namespace",
+        namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    )
+    workloads = [
+        d
+        for d in render(namespace=namespace)
+        if d["kind"] in ("Deployment", "Service", "PersistentVolumeClaim")
+    ]
+    out = cluster.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input="---\n".join(yaml.safe_dump(d) for d in workloads),
+    )
+    assert "Warning" not in out.stderr, out.stderr
+    assert out.stdout.count("(server dry run)") == len(workloads)
