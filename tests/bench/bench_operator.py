@@ -31,8 +31,9 @@ def _get(cluster: DevCluster, *args: str) -> Any:
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
 
 
-def _wait_ready(cluster: DevCluster, kind: str, name: str, namespace: str, n: int,
-                timeout: float) -> float:
+def _wait_ready(
+    cluster: DevCluster, kind: str, name: str, namespace: str, n: int, timeout: float
+) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         status = _get(cluster, kind, name, "-n", namespace).get("status", {})
@@ -44,8 +45,7 @@ def _wait_ready(cluster: DevCluster, kind: str, name: str, namespace: str, n: in
 
 def _namespace(cluster: DevCluster, name: str) -> None:
     cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", name,
-                    "--timeout=60s")
+    cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", name, "--timeout=60s")
 
 
 def _drop_namespace(cluster: DevCluster, name: str) -> None:
@@ -56,13 +56,16 @@ def deployment_seconds(cluster: DevCluster, n: int) -> float:
     namespace = f"bench-deploy-{n}"
     _namespace(cluster, namespace)
     body = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "pause"},
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "pause"},
         "spec": {
             "replicas": n,
             "selector": {"matchLabels": {"app": "pause"}},
-            "template": {"metadata": {"labels": {"app": "pause"}},
-                         "spec": {"containers": [{"name": "pause",
-                                                  "image": "registry.k8s.io/pause:3.10"}]}},
+            "template": {
+                "metadata": {"labels": {"app": "pause"}},
+                "spec": {"containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]},
+            },
         },
     }
     cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(body))
@@ -72,8 +75,11 @@ def deployment_seconds(cluster: DevCluster, n: int) -> float:
 
 
 def _writes(operator: OperatorProcess) -> float:
-    return sum(v for k, v in operator.metrics().items()
-               if k.startswith("agentarmy_operator_api_writes_total{"))
+    return sum(
+        v
+        for k, v in operator.metrics().items()
+        if k.startswith("agentarmy_operator_api_writes_total{")
+    )
 
 
 def _peak_rss_mib(pid: int) -> float:
@@ -87,7 +93,9 @@ def fleet_seconds(cluster: DevCluster, operator: OperatorProcess, n: int) -> tup
     namespace = f"bench-fleet-{n}"
     _namespace(cluster, namespace)
     body = {
-        "apiVersion": "agentarmy.io/v1alpha1", "kind": "Fleet", "metadata": {"name": "bench"},
+        "apiVersion": "agentarmy.io/v1alpha1",
+        "kind": "Fleet",
+        "metadata": {"name": "bench"},
         "spec": {"replicas": n, "template": {"spec": {"capabilities": ["echo"]}}},
     }
     before = _writes(operator)
@@ -121,17 +129,24 @@ def main() -> int:
                 deploy = deployment_seconds(cluster, n)
                 fleet, writes = fleet_seconds(cluster, operator, n)
                 rows.append((n, fleet, deploy, writes))
-                print(f"N={n}: fleet {fleet:.1f}s, deployment {deploy:.1f}s, "
-                      f"ratio {fleet / deploy:.2f}, {writes:.2f} API writes per agent", flush=True)
+                print(
+                    f"N={n}: fleet {fleet:.1f}s, deployment {deploy:.1f}s, "
+                    f"ratio {fleet / deploy:.2f}, {writes:.2f} API writes per agent",
+                    flush=True,
+                )
             rss = _peak_rss_mib(operator.pid)
         finally:
             operator.stop()
     print()
-    print(f"{'N':>6} {'fleet s':>9} {'deploy s':>9} {'fleet/deploy':>13} "
-          f"{'ms/agent':>9} {'writes/agent':>13}")
+    print(
+        f"{'N':>6} {'fleet s':>9} {'deploy s':>9} {'fleet/deploy':>13} "
+        f"{'ms/agent':>9} {'writes/agent':>13}"
+    )
     for n, fleet, deploy, writes in rows:
-        print(f"{n:>6} {fleet:>9.1f} {deploy:>9.1f} {fleet / deploy:>13.2f} "
-              f"{1000 * fleet / n:>9.1f} {writes:>13.2f}")
+        print(
+            f"{n:>6} {fleet:>9.1f} {deploy:>9.1f} {fleet / deploy:>13.2f} "
+            f"{1000 * fleet / n:>9.1f} {writes:>13.2f}"
+        )
     print(f"operator peak RSS (VmHWM) over the run: {rss:.0f} MiB")
     return 0
 

@@ -57,7 +57,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
@@ -73,8 +75,14 @@ async def host_agents(router_url: str, names: list[str]) -> None:
 
     runtimes = []
     for name in names:
-        settings = AgentSettings(router_url=router_url, name=name, namespace="default", fleet="bench",
-                                 capabilities=["echo"], concurrency=1)
+        settings = AgentSettings(
+            router_url=router_url,
+            name=name,
+            namespace="default",
+            fleet="bench",
+            capabilities=["echo"],
+            concurrency=1,
+        )
         client = RouterClient(router_url, AGENT_TOKEN)
         runtimes.append(AgentRuntime(settings, client, load_skills(settings)))
     await asyncio.gather(*(r.run() for r in runtimes))
@@ -85,12 +93,15 @@ def start_agent_hosts(router_url: str, agents: int, logs: Path) -> list[subproce
     names = [f"a{i}" for i in range(agents)]
     hosts = []
     for index in range(HOST_PROCESSES):
-        chunk = names[index * per_host:(index + 1) * per_host]
+        chunk = names[index * per_host : (index + 1) * per_host]
         log = (logs / f"agents-{index}.log").open("ab")
-        hosts.append(subprocess.Popen(
-            [sys.executable, __file__, "agent-host", router_url, *chunk],
-            stdout=log, stderr=subprocess.STDOUT,
-        ))
+        hosts.append(
+            subprocess.Popen(
+                [sys.executable, __file__, "agent-host", router_url, *chunk],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     return hosts
 
 
@@ -143,8 +154,17 @@ class Burst:
 
 def summarize(name: str, burst: Burst, open_loop: list[float], rate: float, drain: float) -> Result:
     values = burst.latencies
-    return Result(name, len(burst.sent), burst.throughput, percentile(values, 0.5), percentile(values, 0.99),
-                  percentile(open_loop, 0.5), percentile(open_loop, 0.99), rate, drain)
+    return Result(
+        name,
+        len(burst.sent),
+        burst.throughput,
+        percentile(values, 0.5),
+        percentile(values, 0.99),
+        percentile(open_loop, 0.5),
+        percentile(open_loop, 0.99),
+        rate,
+        drain,
+    )
 
 
 def drain_rate(done: list[float]) -> float:
@@ -157,10 +177,19 @@ async def run_ours(name: str, store_url: str, work: Path, args: argparse.Namespa
     from agentarmy.router.client import RouterClient
     from agentarmy.router.testing import RouterProcess, stop_process, write_token_file
 
-    tokens = write_token_file(work / "tokens.yaml", [
-        {"token": ADMIN_TOKEN, "name": "bench", "role": "admin"},
-        {"token": AGENT_TOKEN, "name": "agents", "role": "agent", "namespace": "default", "fleet": "bench"},
-    ])
+    tokens = write_token_file(
+        work / "tokens.yaml",
+        [
+            {"token": ADMIN_TOKEN, "name": "bench", "role": "admin"},
+            {
+                "token": AGENT_TOKEN,
+                "name": "agents",
+                "role": "agent",
+                "namespace": "default",
+                "fleet": "bench",
+            },
+        ],
+    )
     router = RouterProcess(store_url, tokens, work / f"router-{name.replace(' ', '-')}.log").start()
     hosts: list[subprocess.Popen[bytes]] = []
     submitted = 0
@@ -217,10 +246,17 @@ async def open_loop_ours(client: object, rate: float, duration: float) -> list[f
         accept.append(task.createdAt - at)
         dispatch.append(task.attempts[0].startedAt - task.createdAt)
         report.append(task.finishedAt - task.attempts[0].startedAt)
-    print("  open-loop breakdown p50/p99 ms: " + ", ".join(
-        f"{label} {percentile(v, 0.5) * 1000:.1f}/{percentile(v, 0.99) * 1000:.1f}"
-        for label, v in (("send->stored", accept), ("stored->leased", dispatch),
-                         ("leased->result stored", report))))
+    print(
+        "  open-loop breakdown p50/p99 ms: "
+        + ", ".join(
+            f"{label} {percentile(v, 0.5) * 1000:.1f}/{percentile(v, 0.99) * 1000:.1f}"
+            for label, v in (
+                ("send->stored", accept),
+                ("stored->leased", dispatch),
+                ("leased->result stored", report),
+            )
+        )
+    )
     return latencies
 
 
@@ -233,8 +269,10 @@ def ensure_celery() -> None:
         import redis  # noqa: F401
     except ImportError:
         print("installing the benchmark's pinned Celery (tests/bench/requirements.txt)")
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(HERE / "requirements.txt")],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "-r", str(HERE / "requirements.txt")],
+            check=True,
+        )
 
 
 def redis_server_binary() -> str:
@@ -243,42 +281,97 @@ def redis_server_binary() -> str:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
         print("installing redis-server (Debian package)")
-        for step in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "redis-server"]):
+        for step in (
+            ["apt-get", "update", "-q"],
+            ["apt-get", "install", "-y", "-q", "redis-server"],
+        ):
             subprocess.run(step, check=False, stdout=subprocess.DEVNULL)
         found = shutil.which("redis-server")
     if not found:
-        sys.exit("redis-server is missing: run `sudo apt-get install -y redis-server` and try again")
+        sys.exit(
+            "redis-server is missing: run `sudo apt-get install -y redis-server` and try again"
+        )
     return found
 
 
-def run_celery(pool: str, workers: int, concurrency: int, work: Path, args: argparse.Namespace,
-               durable: bool = False) -> Result:
+def run_celery(
+    pool: str,
+    workers: int,
+    concurrency: int,
+    work: Path,
+    args: argparse.Namespace,
+    durable: bool = False,
+) -> Result:
     import redis
 
     from agentarmy.router.testing import free_port, stop_process, wait_for_port
 
     port = free_port()
-    persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if durable else ["--appendonly", "no"]
-    server = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                               "--save", "", "--dir", str(work), *persistence],
-                              stdout=(work / "redis.log").open("ab"), stderr=subprocess.STDOUT)
+    persistence = (
+        ["--appendonly", "yes", "--appendfsync", "everysec"] if durable else ["--appendonly", "no"]
+    )
+    server = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(work),
+            *persistence,
+        ],
+        stdout=(work / "redis.log").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
     wait_for_port(port, 20, server)  # type: ignore[arg-type]
-    env = {**os.environ, "BENCH_BROKER": f"redis://127.0.0.1:{port}/0",
-           "BENCH_BACKEND": f"redis://127.0.0.1:{port}/1", "BENCH_CELERY_DURABLE": "1" if durable else "0"}
+    env = {
+        **os.environ,
+        "BENCH_BROKER": f"redis://127.0.0.1:{port}/0",
+        "BENCH_BACKEND": f"redis://127.0.0.1:{port}/1",
+        "BENCH_CELERY_DURABLE": "1" if durable else "0",
+    }
     sys.path.insert(0, str(HERE))
     import celery_peer
 
     app = celery_peer.app
-    app.conf.update(broker_url=env["BENCH_BROKER"], result_backend=env["BENCH_BACKEND"],
-                    task_acks_late=durable, task_reject_on_worker_lost=durable)
+    app.conf.update(
+        broker_url=env["BENCH_BROKER"],
+        result_backend=env["BENCH_BACKEND"],
+        task_acks_late=durable,
+        task_reject_on_worker_lost=durable,
+    )
     results = redis.Redis(port=port, db=1)
-    drain_ids = [celery_peer.noop.apply_async().id for _ in range(args.tasks)]  # queued before workers
+    drain_ids = [
+        celery_peer.noop.apply_async().id for _ in range(args.tasks)
+    ]  # queued before workers
     workers_running = [
         subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "celery_peer", "worker", "--pool", pool,
-             "--concurrency", str(concurrency), "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "--loglevel", "WARNING", "-n", f"w{index}@bench"],
-            cwd=HERE, env=env, stdout=(work / f"celery-{index}.log").open("ab"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "celery_peer",
+                "worker",
+                "--pool",
+                pool,
+                "--concurrency",
+                str(concurrency),
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel",
+                "WARNING",
+                "-n",
+                f"w{index}@bench",
+            ],
+            cwd=HERE,
+            env=env,
+            stdout=(work / f"celery-{index}.log").open("ab"),
+            stderr=subprocess.STDOUT,
         )
         for index in range(workers)
     ]
@@ -318,7 +411,7 @@ def date_done(results: object, ids: list[str]) -> dict[str, float]:
     """task id -> when the worker stored its result (Celery's date_done)."""
     done: dict[str, float] = {}
     for offset in range(0, len(ids), 1000):
-        chunk = ids[offset:offset + 1000]
+        chunk = ids[offset : offset + 1000]
         raw = results.mget([f"celery-task-meta-{tid}" for tid in chunk])  # type: ignore[attr-defined]
         for tid, blob in zip(chunk, raw, strict=True):
             done[tid] = datetime.fromisoformat(json.loads(blob)["date_done"]).timestamp()
@@ -342,17 +435,24 @@ def open_loop_celery(results: object, noop: object, rate: float, duration: float
 # -- memory -------------------------------------------------------------------------------------
 
 
-async def queued_rss(name: str, store_url: str, work: Path, count: int) -> tuple[float, float, float]:
+async def queued_rss(
+    name: str, store_url: str, work: Path, count: int
+) -> tuple[float, float, float]:
     from agentarmy.api import wire
     from agentarmy.router.client import RouterClient
     from agentarmy.router.testing import RouterProcess, write_token_file
 
-    tokens = write_token_file(work / "tokens.yaml", [{"token": ADMIN_TOKEN, "name": "b", "role": "admin"}])
+    tokens = write_token_file(
+        work / "tokens.yaml", [{"token": ADMIN_TOKEN, "name": "b", "role": "admin"}]
+    )
     router = RouterProcess(store_url, tokens, work / f"router-rss-{name}.log").start()
     try:
         idle = rss_mib(router.pid)[0]
         async with RouterClient(router.url, ADMIN_TOKEN, timeout=120) as client:
-            batch = [wire.SubmitTask(fleet="parked", capability="echo", input={"n": 1}) for _ in range(1000)]
+            batch = [
+                wire.SubmitTask(fleet="parked", capability="echo", input={"n": 1})
+                for _ in range(1000)
+            ]
             for _ in range(count // 1000):
                 await client.submit_batch(batch)
             stats = await client.stats()
@@ -376,8 +476,14 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "celery-trial":
         # Each Celery configuration runs in a fresh process: Celery apps cache their connections.
         trial = json.loads(sys.argv[2])
-        result = run_celery(trial["pool"], trial["workers"], trial["concurrency"], Path(trial["work"]),
-                            argparse.Namespace(**trial["args"]), trial["durable"])
+        result = run_celery(
+            trial["pool"],
+            trial["workers"],
+            trial["concurrency"],
+            Path(trial["work"]),
+            argparse.Namespace(**trial["args"]),
+            trial["durable"],
+        )
         print(json.dumps(asdict(result)))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -390,15 +496,22 @@ def main() -> None:
     parser.add_argument("--only", default="sqlite,nats,celery,rss")
     args = parser.parse_args()
     only = set(args.only.split(","))
-    print(f"bench: {args.tasks} no-op tasks, {args.agents} agents, open loop {args.rate:.0f}/s "
-          f"for {args.duration:.0f}s, {os.cpu_count()} cores, all processes unpinned")
+    print(
+        f"bench: {args.tasks} no-op tasks, {args.agents} agents, open loop {args.rate:.0f}/s "
+        f"for {args.duration:.0f}s, {os.cpu_count()} cores, all processes unpinned"
+    )
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="agentarmy-bench-") as tmp:
         work = Path(tmp)
         if "sqlite" in only:
             (work / "sqlite").mkdir()
-            results.append(asyncio.run(run_ours("ours sqlite", f"sqlite:///{work}/sqlite/router.db",
-                                                work / "sqlite", args)))
+            results.append(
+                asyncio.run(
+                    run_ours(
+                        "ours sqlite", f"sqlite:///{work}/sqlite/router.db", work / "sqlite", args
+                    )
+                )
+            )
             print_result(results[-1])
         if "nats" in only:
             from agentarmy.router.testing import NatsServer
@@ -408,8 +521,14 @@ def main() -> None:
             print_result(results[-1])
         if "celery" in only:
             ensure_celery()
-            trials = [("threads", 1, args.agents), ("prefork", 1, args.agents), ("threads", 2, args.agents // 2)]
-            celery_runs = [celery_trial(pool, n, c, work, args, durable=False) for pool, n, c in trials]
+            trials = [
+                ("threads", 1, args.agents),
+                ("prefork", 1, args.agents),
+                ("threads", 2, args.agents // 2),
+            ]
+            celery_runs = [
+                celery_trial(pool, n, c, work, args, durable=False) for pool, n, c in trials
+            ]
             best_index = max(range(len(trials)), key=lambda i: celery_runs[i].drain)
             best = celery_runs[best_index]
             celery_runs.append(celery_trial(*trials[best_index], work, args, durable=True))
@@ -420,26 +539,41 @@ def main() -> None:
             for name, make_url in (("sqlite", lambda w: f"sqlite:///{w}/rss.db"), ("nats", None)):
                 (work / f"rss-{name}").mkdir()
                 if make_url is not None:
-                    idle, rss, peak = asyncio.run(queued_rss(name, make_url(work), work / f"rss-{name}",
-                                                             args.rss_tasks))
+                    idle, rss, peak = asyncio.run(
+                        queued_rss(name, make_url(work), work / f"rss-{name}", args.rss_tasks)
+                    )
                 else:
                     from agentarmy.router.testing import NatsServer
 
                     with NatsServer(work / "rss-nats-store") as nats:
-                        idle, rss, peak = asyncio.run(queued_rss(name, nats.url, work / f"rss-{name}",
-                                                                 args.rss_tasks))
-                print(f"router RSS ({name}) with {args.rss_tasks} queued tasks: {rss:.0f} MiB "
-                      f"(peak {peak:.0f} MiB, idle {idle:.0f} MiB)")
+                        idle, rss, peak = asyncio.run(
+                            queued_rss(name, nats.url, work / f"rss-{name}", args.rss_tasks)
+                        )
+                print(
+                    f"router RSS ({name}) with {args.rss_tasks} queued tasks: {rss:.0f} MiB "
+                    f"(peak {peak:.0f} MiB, idle {idle:.0f} MiB)"
+                )
 
 
-def celery_trial(pool: str, workers: int, concurrency: int, work: Path, args: argparse.Namespace,
-                 durable: bool) -> Result:
+def celery_trial(
+    pool: str, workers: int, concurrency: int, work: Path, args: argparse.Namespace, durable: bool
+) -> Result:
     folder = work / f"celery-{pool}-{workers}{'-durable' if durable else ''}"
     folder.mkdir()
-    trial = {"pool": pool, "workers": workers, "concurrency": concurrency, "work": str(folder),
-             "args": vars(args), "durable": durable}
-    run = subprocess.run([sys.executable, __file__, "celery-trial", json.dumps(trial)],
-                         capture_output=True, text=True, check=False)
+    trial = {
+        "pool": pool,
+        "workers": workers,
+        "concurrency": concurrency,
+        "work": str(folder),
+        "args": vars(args),
+        "durable": durable,
+    }
+    run = subprocess.run(
+        [sys.executable, __file__, "celery-trial", json.dumps(trial)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if run.returncode != 0:
         sys.exit(f"celery trial {pool} {workers}x{concurrency} failed:\n{run.stderr[-3000:]}")
     result = Result(**json.loads(run.stdout.strip().splitlines()[-1]))
@@ -448,17 +582,22 @@ def celery_trial(pool: str, workers: int, concurrency: int, work: Path, args: ar
 
 
 def print_result(result: Result) -> None:
-    print(f"{result.name:<34} drain {result.drain:6.0f} tasks/s | e2e burst {result.throughput:6.0f} tasks/s "
-          f"p50 {result.p50 * 1000:7.1f} ms "
-          f"p99 {result.p99 * 1000:7.1f} ms | open loop {result.open_rate:.0f}/s p50 "
-          f"{result.open_p50 * 1000:6.1f} ms p99 {result.open_p99 * 1000:6.1f} ms", flush=True)
+    print(
+        f"{result.name:<34} drain {result.drain:6.0f} tasks/s | e2e burst {result.throughput:6.0f} tasks/s "
+        f"p50 {result.p50 * 1000:7.1f} ms "
+        f"p99 {result.p99 * 1000:7.1f} ms | open loop {result.open_rate:.0f}/s p50 "
+        f"{result.open_p50 * 1000:6.1f} ms p99 {result.open_p99 * 1000:6.1f} ms",
+        flush=True,
+    )
 
 
 def print_ratios(results: list[Result], celery: Result) -> None:
     for ours in (r for r in results if r.name.startswith("ours")):
-        print(f"ratio {ours.name} / {celery.name}: drain throughput {ours.drain / celery.drain:.2f}x, "
-              f"e2e burst throughput {ours.throughput / celery.throughput:.2f}x, "
-              f"open-loop p50 {ours.open_p50 / celery.open_p50:.2f}x, p99 {ours.open_p99 / celery.open_p99:.2f}x")
+        print(
+            f"ratio {ours.name} / {celery.name}: drain throughput {ours.drain / celery.drain:.2f}x, "
+            f"e2e burst throughput {ours.throughput / celery.throughput:.2f}x, "
+            f"open-loop p50 {ours.open_p50 / celery.open_p50:.2f}x, p99 {ours.open_p99 / celery.open_p99:.2f}x"
+        )
 
 
 if __name__ == "__main__":

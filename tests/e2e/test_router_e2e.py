@@ -34,8 +34,16 @@ ROUTER_KILLS_AT = (2_500, 6_500)  # accepted-task counts at which the router is 
 AGENT_KILL_EVERY = 1.5  # seconds
 ADMIN_TOKEN = "e2e-admin-token-00001"
 AGENT_TOKEN = "e2e-agent-token-00001"
-ROUTER_ARGS = ["--lease", "3s", "--retry-backoff", "200ms", "--retry-backoff-max", "2s",
-               "--reap-interval", "200ms"]
+ROUTER_ARGS = [
+    "--lease",
+    "3s",
+    "--retry-backoff",
+    "200ms",
+    "--retry-backoff-max",
+    "2s",
+    "--reap-interval",
+    "200ms",
+]
 
 
 def task_input(index: int) -> tuple[dict[str, object], int]:
@@ -62,15 +70,23 @@ class Fleet:
         name = f"agent-{self.started}"
         self.started += 1
         agent_env = {
-            **os.environ, env.ROUTER_URL: self.router_url, env.AGENT_NAME: name, env.NAMESPACE: "default",
-            env.FLEET: "e2e", env.CAPABILITIES: "test", env.CONCURRENCY: "4",
-            env.HEARTBEAT_INTERVAL: "1s", env.TOKEN_FILE: str(self.token_file),
+            **os.environ,
+            env.ROUTER_URL: self.router_url,
+            env.AGENT_NAME: name,
+            env.NAMESPACE: "default",
+            env.FLEET: "e2e",
+            env.CAPABILITIES: "test",
+            env.CONCURRENCY: "4",
+            env.HEARTBEAT_INTERVAL: "1s",
+            env.TOKEN_FILE: str(self.token_file),
             "AGENTARMY_LOG_LEVEL": "WARNING",
         }
         log = (self.logs / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "agentarmy.cli.main", "agent"], env=agent_env,
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "agentarmy.cli.main", "agent"],
+            env=agent_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
 
     def kill_one(self) -> None:
@@ -92,8 +108,15 @@ async def submit_all(client: RouterClient, accepted: dict[int, str]) -> None:
         batch = []
         for index in range(start, min(TASKS, start + BATCH)):
             task_in, attempts = task_input(index)
-            batch.append(wire.SubmitTask(fleet="e2e", capability="test", input=task_in,
-                                         maxAttempts=attempts, idempotencyKey=f"e2e-{index}"))
+            batch.append(
+                wire.SubmitTask(
+                    fleet="e2e",
+                    capability="test",
+                    input=task_in,
+                    maxAttempts=attempts,
+                    idempotencyKey=f"e2e-{index}",
+                )
+            )
         while True:
             try:
                 reply = await client.submit_batch(batch)
@@ -101,10 +124,14 @@ async def submit_all(client: RouterClient, accepted: dict[int, str]) -> None:
             except (RouterError, aiohttp.ClientError, OSError, TimeoutError):
                 await asyncio.sleep(0.2)
         for index, result in zip(range(start, start + len(batch)), reply.results, strict=True):
-            assert accepted.setdefault(index, result.task.id) == result.task.id, "key mapped to two tasks"
+            assert accepted.setdefault(index, result.task.id) == result.task.id, (
+                "key mapped to two tasks"
+            )
 
 
-async def chaos(router: RouterProcess, fleet: Fleet, accepted: dict[int, str], done: asyncio.Event) -> int:
+async def chaos(
+    router: RouterProcess, fleet: Fleet, accepted: dict[int, str], done: asyncio.Event
+) -> int:
     router_kills = 0
     last_agent_kill = time.monotonic()
     while not done.is_set():
@@ -156,14 +183,25 @@ def outcome_lines(router_log: Path) -> collections.Counter[str]:
 
 async def test_every_accepted_task_ends_exactly_once(tmp_path: Path) -> None:
     random.seed(5)
-    tokens = write_token_file(tmp_path / "tokens.yaml", [
-        {"token": ADMIN_TOKEN, "name": "e2e-admin", "role": "admin"},
-        {"token": AGENT_TOKEN, "name": "e2e-agents", "role": "agent", "namespace": "default", "fleet": "e2e"},
-    ])
+    tokens = write_token_file(
+        tmp_path / "tokens.yaml",
+        [
+            {"token": ADMIN_TOKEN, "name": "e2e-admin", "role": "admin"},
+            {
+                "token": AGENT_TOKEN,
+                "name": "e2e-agents",
+                "role": "agent",
+                "namespace": "default",
+                "fleet": "e2e",
+            },
+        ],
+    )
     agent_token = tmp_path / "agent.token"
     agent_token.write_text(AGENT_TOKEN)
     router_log = tmp_path / "router.log"
-    router = RouterProcess(f"sqlite:///{tmp_path}/router.db", tokens, router_log, extra_args=ROUTER_ARGS)
+    router = RouterProcess(
+        f"sqlite:///{tmp_path}/router.db", tokens, router_log, extra_args=ROUTER_ARGS
+    )
     router.start()
     fleet = Fleet(router.url, agent_token, tmp_path)
     started = time.monotonic()
@@ -190,15 +228,20 @@ async def test_every_accepted_task_ends_exactly_once(tmp_path: Path) -> None:
     phases = collections.Counter(t.phase for t in tasks)
     attempts = collections.Counter(a.outcome for t in tasks for a in t.attempts)
     logged = outcome_lines(router_log)
-    print(f"\ne2e: {len(accepted)} accepted, {len(tasks)} stored, phases {dict(phases)}, "
-          f"attempt outcomes {dict(attempts)}, router kills {router_kills}, agent kills {fleet.killed}, "
-          f"{elapsed:.0f}s")
+    print(
+        f"\ne2e: {len(accepted)} accepted, {len(tasks)} stored, phases {dict(phases)}, "
+        f"attempt outcomes {dict(attempts)}, router kills {router_kills}, agent kills {fleet.killed}, "
+        f"{elapsed:.0f}s"
+    )
 
     assert router_kills == 2 and fleet.killed >= 5
     assert len(accepted) == TASKS and len(set(accepted.values())) == TASKS
     assert set(by_id) == set(accepted.values()), "stored tasks differ from accepted ones"
     assert phases["Succeeded"] + phases["DeadLettered"] == TASKS
-    assert final_stats.succeeded == phases["Succeeded"] and final_stats.deadLettered == phases["DeadLettered"]
+    assert (
+        final_stats.succeeded == phases["Succeeded"]
+        and final_stats.deadLettered == phases["DeadLettered"]
+    )
     for index, task_id in accepted.items():
         task = by_id[task_id]
         wins = sum(1 for a in task.attempts if a.outcome == "Succeeded")

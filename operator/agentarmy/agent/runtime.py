@@ -41,8 +41,12 @@ class _Running:
 
 class AgentRuntime:
     def __init__(
-        self, settings: AgentSettings, client: RouterClient, skills: Mapping[str, Skill],
-        tools: Mapping[str, Skill] | None = None, drain_seconds: float = 25.0,
+        self,
+        settings: AgentSettings,
+        client: RouterClient,
+        skills: Mapping[str, Skill],
+        tools: Mapping[str, Skill] | None = None,
+        drain_seconds: float = 25.0,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -88,16 +92,24 @@ class AgentRuntime:
 
     async def _register(self) -> None:
         registration = wire.RegisterAgent(
-            namespace=self.settings.namespace, name=self.settings.name, fleet=self.settings.fleet,
-            capabilities=self.settings.capabilities, concurrency=self.settings.concurrency,
-            templateHash=self.settings.template_hash, role=self.settings.role,
+            namespace=self.settings.namespace,
+            name=self.settings.name,
+            fleet=self.settings.fleet,
+            capabilities=self.settings.capabilities,
+            concurrency=self.settings.concurrency,
+            templateHash=self.settings.template_hash,
+            role=self.settings.role,
         )
         attempt = 0
         while not self.stopping.is_set():
             try:
                 await self.client.register(registration)
-                log.info("registered as %s/%s in fleet %s", self.settings.namespace,
-                         self.settings.name, self.settings.fleet)
+                log.info(
+                    "registered as %s/%s in fleet %s",
+                    self.settings.namespace,
+                    self.settings.name,
+                    self.settings.fleet,
+                )
                 return
             except TRANSIENT as error:
                 log.info("router not reachable (%s); retrying", type(error).__name__)
@@ -117,11 +129,17 @@ class AgentRuntime:
         for running in list(self._running.values()):
             running.dropped = "released"
             running.task.cancel()
-            self._queue_result(wire.TaskResult(
-                taskId=running.lease.taskId, attempt=running.lease.attempt, outcome="released",
-                error="agent shutting down",
-            ))
-        await asyncio.gather(*(r.task for r in list(self._running.values())), return_exceptions=True)
+            self._queue_result(
+                wire.TaskResult(
+                    taskId=running.lease.taskId,
+                    attempt=running.lease.attempt,
+                    outcome="released",
+                    error="agent shutting down",
+                )
+            )
+        await asyncio.gather(
+            *(r.task for r in list(self._running.values())), return_exceptions=True
+        )
 
     # -- claiming ---------------------------------------------------------------------------
 
@@ -133,11 +151,15 @@ class AgentRuntime:
                 await _first(self._slot_freed, self.stopping)
                 continue
             results = self._take_results()
-            request = wire.ClaimRequest(max=self.free_slots, waitSeconds=POLL_SECONDS, results=results)
+            request = wire.ClaimRequest(
+                max=self.free_slots, waitSeconds=POLL_SECONDS, results=results
+            )
             self._polling = True
             delivered = False
             try:
-                response = await self.client.claim(self.settings.namespace, self.settings.name, request)
+                response = await self.client.claim(
+                    self.settings.namespace, self.settings.name, request
+                )
                 delivered = True
             except (RouterError, *TRANSIENT) as error:
                 failures += 1
@@ -182,20 +204,34 @@ class AgentRuntime:
             if result is not None and running is not None and not running.dropped:
                 self.completed += 1
                 self._queue_result(result)
-            log.debug("task %s attempt %d took %.3fs", lease.taskId, lease.attempt,
-                      time.monotonic() - started)
+            log.debug(
+                "task %s attempt %d took %.3fs",
+                lease.taskId,
+                lease.attempt,
+                time.monotonic() - started,
+            )
 
     async def _run_skill(self, lease: wire.Lease) -> wire.TaskResult:
         def failed(error: str, retryable: bool = True) -> wire.TaskResult:
-            return wire.TaskResult(taskId=lease.taskId, attempt=lease.attempt, outcome="failed",
-                                   error=error[: wire.MAX_ERROR_CHARS], retryable=retryable)
+            return wire.TaskResult(
+                taskId=lease.taskId,
+                attempt=lease.attempt,
+                outcome="failed",
+                error=error[: wire.MAX_ERROR_CHARS],
+                retryable=retryable,
+            )
 
         skill = self.skills.get(lease.capability)
         if skill is None:
             return failed(f"agent {self.settings.name} has no skill for {lease.capability}", False)
         context = TaskContext(
-            task_id=lease.taskId, attempt=lease.attempt, input=lease.input, trace_id=lease.traceId,
-            settings=self.settings, hand_off=lambda child: self._hand_off(lease, child), tools=self.tools,
+            task_id=lease.taskId,
+            attempt=lease.attempt,
+            input=lease.input,
+            trace_id=lease.traceId,
+            settings=self.settings,
+            hand_off=lambda child: self._hand_off(lease, child),
+            tools=self.tools,
         )
         timeout = max(0.001, lease.deadlineAt - time.time())
         try:
@@ -207,14 +243,23 @@ class AgentRuntime:
         except Exception as error:  # a skill bug fails the attempt, not the agent
             log.exception("skill %s crashed on task %s", skill.name, lease.taskId)
             return failed(f"skill {skill.name} crashed: {type(error).__name__}: {error}")
-        return wire.TaskResult(taskId=lease.taskId, attempt=lease.attempt, outcome="succeeded",
-                               result=outcome.output, usage=outcome.usage)
+        return wire.TaskResult(
+            taskId=lease.taskId,
+            attempt=lease.attempt,
+            outcome="succeeded",
+            result=outcome.output,
+            usage=outcome.usage,
+        )
 
     async def _hand_off(self, lease: wire.Lease, child: wire.SubmitTask) -> wire.SubmitResponse:
         try:
-            return await self.client.hand_off(self.settings.namespace, self.settings.name, lease, child)
+            return await self.client.hand_off(
+                self.settings.namespace, self.settings.name, lease, child
+            )
         except RouterError as error:
-            raise SkillFailed(f"hand-off refused: {error.message}", retryable=error.status >= 500) from error
+            raise SkillFailed(
+                f"hand-off refused: {error.message}", retryable=error.status >= 500
+            ) from error
 
     # -- results and heartbeats ---------------------------------------------------------------
 
@@ -241,7 +286,9 @@ class AgentRuntime:
         while self._results:
             batch = self._take_results()
             try:
-                response = await self.client.report(self.settings.namespace, self.settings.name, batch)
+                response = await self.client.report(
+                    self.settings.namespace, self.settings.name, batch
+                )
             except (RouterError, *TRANSIENT) as error:
                 self._results[:0] = batch
                 attempts += 1
@@ -255,8 +302,12 @@ class AgentRuntime:
     def _log_acks(self, acks: list[wire.ResultAck]) -> None:
         for ack in acks:
             if ack.status == "stale":
-                log.warning("result for task %s attempt %d not recorded: %s", ack.taskId, ack.attempt,
-                            ack.message)
+                log.warning(
+                    "result for task %s attempt %d not recorded: %s",
+                    ack.taskId,
+                    ack.attempt,
+                    ack.message,
+                )
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -264,10 +315,14 @@ class AgentRuntime:
             await self._quiet_heartbeat(draining=self.stopping.is_set())
 
     async def _quiet_heartbeat(self, draining: bool) -> None:
-        leases = [wire.LeaseRef(taskId=r.lease.taskId, attempt=r.lease.attempt) for r in self._running.values()]
+        leases = [
+            wire.LeaseRef(taskId=r.lease.taskId, attempt=r.lease.attempt)
+            for r in self._running.values()
+        ]
         try:
             response = await self.client.heartbeat(
-                self.settings.namespace, self.settings.name,
+                self.settings.namespace,
+                self.settings.name,
                 wire.HeartbeatRequest(leases=leases, draining=draining),
             )
         except RouterError as error:

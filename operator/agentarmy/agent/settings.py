@@ -92,8 +92,12 @@ class AgentSettings:
             model_name=env.get(env_names.MODEL_NAME, ""),
             model_endpoint=env.get(env_names.MODEL_ENDPOINT, ""),
             model_api_key=env.get(env_names.MODEL_API_KEY, ""),
-            model_temperature=float(number(env_names.MODEL_TEMPERATURE, "0", float)) if temperature else None,
-            model_max_output_tokens=int(number(env_names.MODEL_MAX_OUTPUT_TOKENS, "0", int)) if max_tokens else None,
+            model_temperature=float(number(env_names.MODEL_TEMPERATURE, "0", float))
+            if temperature
+            else None,
+            model_max_output_tokens=int(number(env_names.MODEL_MAX_OUTPUT_TOKENS, "0", int))
+            if max_tokens
+            else None,
             allowed_tools=_csv(env.get(env_names.ALLOWED_TOOLS, "")),
             http_allow_list=_csv(env.get(env_names.HTTP_ALLOW_LIST, "")),
         )

@@ -54,7 +54,10 @@ class Request(Model):
     @classmethod
     def _no_booleans_for_numbers(cls, value: object, info: ValidationInfo) -> object:
         numeric = (int, float, int | None, float | None)
-        if isinstance(value, bool) and cls.model_fields[info.field_name or ""].annotation in numeric:
+        if (
+            isinstance(value, bool)
+            and cls.model_fields[info.field_name or ""].annotation in numeric
+        ):
             raise ValueError("must be a number, not true/false")
         return value
 
@@ -121,7 +124,9 @@ class Task(Model):
     idempotencyKey: str | None = None
     parentTaskId: str | None = None
     traceId: str
-    phase: TaskPhase = Field(description="Queued, Running, Succeeded, Failed, DeadLettered or Cancelled.")
+    phase: TaskPhase = Field(
+        description="Queued, Running, Succeeded, Failed, DeadLettered or Cancelled."
+    )
     seq: int = Field(description="Submission order; FIFO within a priority.")
     createdAt: float
     availableAt: float = Field(description="Earliest time a queued task may be claimed (backoff).")
@@ -216,9 +221,12 @@ class ResultAck(_LeaseFields):
 
 class ClaimRequest(Request):
     max: int = Field(default=1, ge=1, le=MAX_CLAIM, description="Most tasks to lease.")
-    waitSeconds: float = Field(default=10.0, ge=0, le=MAX_WAIT_SECONDS, description="Long-poll time.")
+    waitSeconds: float = Field(
+        default=10.0, ge=0, le=MAX_WAIT_SECONDS, description="Long-poll time."
+    )
     results: list[TaskResult] = Field(
-        default_factory=list, max_length=MAX_BATCH,
+        default_factory=list,
+        max_length=MAX_BATCH,
         description="Results to record before claiming (saves a round trip).",
     )
 

@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     submit.add_argument("--input", default="{}", help="JSON object, or @file.json")
     submit.add_argument("--priority", type=int, default=DEFAULT_PRIORITY)
     submit.add_argument("--timeout", default=TaskSpec.model_fields["timeout"].default)
-    submit.add_argument("--max-attempts", type=int, default=TaskSpec.model_fields["maxAttempts"].default)
+    submit.add_argument(
+        "--max-attempts", type=int, default=TaskSpec.model_fields["maxAttempts"].default
+    )
     submit.add_argument("--idempotency-key")
     submit.add_argument("--parent")
     submit.add_argument("--wait", action="store_true", help="wait for the result")
@@ -53,24 +55,38 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _command(
     sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-    name: str, help_text: str, run: Callable[[RouterClient, argparse.Namespace], Awaitable[int]],
+    name: str,
+    help_text: str,
+    run: Callable[[RouterClient, argparse.Namespace], Awaitable[int]],
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-    parser.add_argument("--router", default=os.environ.get(runtime_env.ROUTER_URL, "http://127.0.0.1:8080"),
-                        help=f"router URL (env {runtime_env.ROUTER_URL})")
-    parser.add_argument("--token-file", default=os.environ.get(runtime_env.TOKEN_FILE),
-                        help=f"file with the bearer token (env {runtime_env.TOKEN_FILE})")
+    parser.add_argument(
+        "--router",
+        default=os.environ.get(runtime_env.ROUTER_URL, "http://127.0.0.1:8080"),
+        help=f"router URL (env {runtime_env.ROUTER_URL})",
+    )
+    parser.add_argument(
+        "--token-file",
+        default=os.environ.get(runtime_env.TOKEN_FILE),
+        help=f"file with the bearer token (env {runtime_env.TOKEN_FILE})",
+    )
     parser.add_argument("-n", "--namespace", default="default")
     parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
     parser.set_defaults(handler=lambda args: _run(run, args))
     return parser
 
 
-def _run(run: Callable[[RouterClient, argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
+def _run(
+    run: Callable[[RouterClient, argparse.Namespace], Awaitable[int]], args: argparse.Namespace
+) -> int:
     raw_input = getattr(args, "input", None)
     if raw_input is not None:
-        args.input_text = Path(raw_input[1:]).read_text() if raw_input.startswith("@") else raw_input
-    token = TokenSource(os.environ.get(runtime_env.ROUTER_TOKEN), Path(args.token_file) if args.token_file else None)
+        args.input_text = (
+            Path(raw_input[1:]).read_text() if raw_input.startswith("@") else raw_input
+        )
+    token = TokenSource(
+        os.environ.get(runtime_env.ROUTER_TOKEN), Path(args.token_file) if args.token_file else None
+    )
 
     async def main() -> int:
         async with RouterClient(args.router, token) as client:
@@ -92,13 +108,23 @@ def _run(run: Callable[[RouterClient, argparse.Namespace], Awaitable[int]], args
 
 async def _submit(client: RouterClient, args: argparse.Namespace) -> int:
     task = wire.SubmitTask(
-        namespace=args.namespace, fleet=args.fleet, capability=args.capability, input=json.loads(args.input_text),
-        priority=args.priority, timeout=args.timeout, maxAttempts=args.max_attempts,
-        idempotencyKey=args.idempotency_key, parentTaskId=args.parent,
+        namespace=args.namespace,
+        fleet=args.fleet,
+        capability=args.capability,
+        input=json.loads(args.input_text),
+        priority=args.priority,
+        timeout=args.timeout,
+        maxAttempts=args.max_attempts,
+        idempotencyKey=args.idempotency_key,
+        parentTaskId=args.parent,
     )
     submitted = await client.submit(task)
     if not args.wait:
-        _show(args, submitted, f"{submitted.task.id} {'submitted' if submitted.created else 'already known'}")
+        _show(
+            args,
+            submitted,
+            f"{submitted.task.id} {'submitted' if submitted.created else 'already known'}",
+        )
         return 0
     final = await _wait_for(client, submitted.task.id, parse_duration(args.wait_timeout))
     _show_task(args, final)
@@ -111,19 +137,35 @@ async def _get(client: RouterClient, args: argparse.Namespace) -> int:
 
 
 async def _list(client: RouterClient, args: argparse.Namespace) -> int:
-    page = await client.list(namespace=args.namespace, fleet=args.fleet, phase=args.phase,
-                             parent=args.parent, limit=args.limit)
+    page = await client.list(
+        namespace=args.namespace,
+        fleet=args.fleet,
+        phase=args.phase,
+        parent=args.parent,
+        limit=args.limit,
+    )
     if args.output == "json":
         print(page.model_dump_json(indent=2))
         return 0
     rows = [("ID", "FLEET", "CAPABILITY", "PRIORITY", "PHASE", "ATTEMPTS", "AGE")]
     now = time.time()
     for task in page.tasks:
-        rows.append((task.id, task.fleet, task.capability, str(task.priority), task.phase,
-                     f"{task.attempt}/{task.maxAttempts}", _age(now - task.createdAt)))
+        rows.append(
+            (
+                task.id,
+                task.fleet,
+                task.capability,
+                str(task.priority),
+                task.phase,
+                f"{task.attempt}/{task.maxAttempts}",
+                _age(now - task.createdAt),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
     return 0
 
 
@@ -156,9 +198,13 @@ def _show_task(args: argparse.Namespace, task: wire.Task) -> None:
         print(task.model_dump_json(indent=2))
         return
     lines: list[tuple[str, Any]] = [
-        ("ID", task.id), ("Fleet", f"{task.namespace}/{task.fleet}"), ("Capability", task.capability),
-        ("Priority", task.priority), ("Phase", task.phase),
-        ("Attempts", f"{task.attempt}/{task.maxAttempts}"), ("Trace", task.traceId),
+        ("ID", task.id),
+        ("Fleet", f"{task.namespace}/{task.fleet}"),
+        ("Capability", task.capability),
+        ("Priority", task.priority),
+        ("Phase", task.phase),
+        ("Attempts", f"{task.attempt}/{task.maxAttempts}"),
+        ("Trace", task.traceId),
         ("Created", _time(task.createdAt)),
     ]
     if task.parentTaskId:
@@ -168,8 +214,13 @@ def _show_task(args: argparse.Namespace, task: wire.Task) -> None:
     if task.error:
         lines.append(("Error", task.error))
     for attempt in task.attempts:
-        lines.append((f"Attempt {attempt.number}", f"{attempt.agent} {attempt.outcome or 'Running'}"
-                      + (f": {attempt.reason}" if attempt.reason else "")))
+        lines.append(
+            (
+                f"Attempt {attempt.number}",
+                f"{attempt.agent} {attempt.outcome or 'Running'}"
+                + (f": {attempt.reason}" if attempt.reason else ""),
+            )
+        )
     if task.usage:
         lines.append(("Tokens", task.usage.totalTokens))
     if task.result is not None:

@@ -84,8 +84,12 @@ async def list_tasks(service: RouterService, call: Call) -> BaseModel:
     if phase is not None and phase not in TaskPhase.__args__:  # type: ignore[attr-defined]
         raise bad_request(f"phase must be one of {', '.join(TaskPhase.__args__)}", "phase")  # type: ignore[attr-defined]
     query = TaskQuery(
-        namespace=call.query.get("namespace"), fleet=call.query.get("fleet"), phase=phase,
-        parent=call.query.get("parent"), after_seq=after, limit=limit,
+        namespace=call.query.get("namespace"),
+        fleet=call.query.get("fleet"),
+        phase=phase,
+        parent=call.query.get("parent"),
+        after_seq=after,
+        limit=limit,
     )
     tasks = await service.list_tasks(call.principal, query)
     next_cursor = str(tasks[-1].seq) if len(tasks) == limit else None
@@ -116,11 +120,15 @@ async def claim(service: RouterService, call: Call) -> BaseModel:
 
 
 async def heartbeat(service: RouterService, call: Call) -> BaseModel:
-    return await service.heartbeat(call.principal, call.path["namespace"], call.path["name"], call.body)
+    return await service.heartbeat(
+        call.principal, call.path["namespace"], call.path["name"], call.body
+    )
 
 
 async def report(service: RouterService, call: Call) -> BaseModel:
-    acks = await service.report(call.principal, call.path["namespace"], call.path["name"], call.body.results)
+    acks = await service.report(
+        call.principal, call.path["namespace"], call.path["name"], call.body.results
+    )
     return wire.ReportResponse(results=acks)
 
 
@@ -132,19 +140,29 @@ async def extend_one(service: RouterService, call: Call) -> BaseModel:
 async def complete_one(service: RouterService, call: Call) -> BaseModel:
     body: wire.CompleteRequest = call.body
     result = wire.TaskResult(
-        taskId=call.path["task_id"], attempt=body.attempt, outcome="succeeded", result=body.result,
+        taskId=call.path["task_id"],
+        attempt=body.attempt,
+        outcome="succeeded",
+        result=body.result,
         usage=body.usage,
     )
-    return await service.report_one(call.principal, call.path["namespace"], call.path["name"], result)
+    return await service.report_one(
+        call.principal, call.path["namespace"], call.path["name"], result
+    )
 
 
 async def fail_one(service: RouterService, call: Call) -> BaseModel:
     body: wire.FailRequest = call.body
     result = wire.TaskResult(
-        taskId=call.path["task_id"], attempt=body.attempt, outcome="failed", error=body.error,
+        taskId=call.path["task_id"],
+        attempt=body.attempt,
+        outcome="failed",
+        error=body.error,
         retryable=body.retryable,
     )
-    return await service.report_one(call.principal, call.path["namespace"], call.path["name"], result)
+    return await service.report_one(
+        call.principal, call.path["namespace"], call.path["name"], result
+    )
 
 
 async def hand_off(service: RouterService, call: Call) -> tuple[int, BaseModel]:
@@ -176,43 +194,145 @@ LEASE = AGENT + "/tasks/{task_id}"
 Q = openapi.QueryParam
 
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint("POST", "/v1/tasks", "Submit a task (idempotent by idempotencyKey); 201 new, 200 known",
-             submit, wire.SubmitResponse, wire.SubmitTask, status=201),
-    Endpoint("POST", "/v1/tasks:batch", "Submit up to 1000 tasks in one durable write",
-             submit_batch, wire.SubmitBatchResponse, wire.SubmitBatchRequest),
-    Endpoint("GET", "/v1/tasks", "List tasks in submission order", list_tasks, wire.TaskList,
-             query=(Q("namespace", {"type": "string", "pattern": DNS_LABEL_PATTERN}),
-                    Q("fleet", {"type": "string", "pattern": DNS_LABEL_PATTERN}),
-                    Q("phase", {"type": "string", "enum": list(TaskPhase.__args__)}),  # type: ignore[attr-defined]
-                    Q("parent", {"type": "string", "pattern": TASK_ID_PATTERN, "maxLength": 64}),
-                    Q("after", {"type": "integer", "minimum": 0, "maximum": 2**62},
-                      "Cursor: the `next` of the previous page"),
-                    Q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}))),
+    Endpoint(
+        "POST",
+        "/v1/tasks",
+        "Submit a task (idempotent by idempotencyKey); 201 new, 200 known",
+        submit,
+        wire.SubmitResponse,
+        wire.SubmitTask,
+        status=201,
+    ),
+    Endpoint(
+        "POST",
+        "/v1/tasks:batch",
+        "Submit up to 1000 tasks in one durable write",
+        submit_batch,
+        wire.SubmitBatchResponse,
+        wire.SubmitBatchRequest,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/tasks",
+        "List tasks in submission order",
+        list_tasks,
+        wire.TaskList,
+        query=(
+            Q("namespace", {"type": "string", "pattern": DNS_LABEL_PATTERN}),
+            Q("fleet", {"type": "string", "pattern": DNS_LABEL_PATTERN}),
+            Q("phase", {"type": "string", "enum": list(TaskPhase.__args__)}),  # type: ignore[attr-defined]
+            Q("parent", {"type": "string", "pattern": TASK_ID_PATTERN, "maxLength": 64}),
+            Q(
+                "after",
+                {"type": "integer", "minimum": 0, "maximum": 2**62},
+                "Cursor: the `next` of the previous page",
+            ),
+            Q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}),
+        ),
+    ),
     Endpoint("GET", "/v1/tasks/{task_id}", "Get a task", get_task, wire.Task),
-    Endpoint("POST", "/v1/tasks/{task_id}/cancel", "Cancel a task; a running attempt learns it on"
-             " its next heartbeat", cancel_task, wire.Task),
-    Endpoint("GET", "/v1/tasks/{task_id}/wait", "Wait until the task has ended (or timeout)",
-             wait_task, wire.Task,
-             query=(Q("timeout", {"type": "string", "pattern": r"^(([0-9]|[1-5][0-9]|60)s|[0-9]{1,4}ms)$"},
-                      "Duration, at most 60s (default 30s)"),)),
-    Endpoint("POST", "/v1/agents", "Register (or re-register) an agent", register, wire.AgentInfo,
-             wire.RegisterAgent, tag="agents"),
-    Endpoint("POST", AGENT + "/claim", "Record results, then lease up to `max` tasks (long-poll)",
-             claim, wire.ClaimResponse, wire.ClaimRequest, tag="agents"),
-    Endpoint("POST", AGENT + "/heartbeat", "Liveness and lease renewal for the agent's tasks",
-             heartbeat, wire.HeartbeatResponse, wire.HeartbeatRequest, tag="agents"),
-    Endpoint("POST", AGENT + "/results", "Record results of many attempts", report,
-             wire.ReportResponse, wire.ReportRequest, tag="agents"),
-    Endpoint("POST", LEASE + "/heartbeat", "Extend one lease; 409 if its fencing token is stale",
-             extend_one, wire.LeaseStatus, wire.AttemptRequest, tag="agents"),
-    Endpoint("POST", LEASE + "/complete", "Complete one attempt; 409 if its fencing token is stale",
-             complete_one, wire.ResultAck, wire.CompleteRequest, tag="agents"),
-    Endpoint("POST", LEASE + "/fail", "Fail one attempt with a reason; 409 if stale",
-             fail_one, wire.ResultAck, wire.FailRequest, tag="agents"),
-    Endpoint("POST", LEASE + "/subtasks", "Hand off a subtask to another fleet (carries the parent id)",
-             hand_off, wire.SubmitResponse, wire.SubtaskRequest, status=201, tag="agents"),
-    Endpoint("GET", "/v1/stats", "Per-fleet queue depth, agents and error rate per template hash",
-             stats, wire.Stats, tag="operator"),
+    Endpoint(
+        "POST",
+        "/v1/tasks/{task_id}/cancel",
+        "Cancel a task; a running attempt learns it on its next heartbeat",
+        cancel_task,
+        wire.Task,
+    ),
+    Endpoint(
+        "GET",
+        "/v1/tasks/{task_id}/wait",
+        "Wait until the task has ended (or timeout)",
+        wait_task,
+        wire.Task,
+        query=(
+            Q(
+                "timeout",
+                {"type": "string", "pattern": r"^(([0-9]|[1-5][0-9]|60)s|[0-9]{1,4}ms)$"},
+                "Duration, at most 60s (default 30s)",
+            ),
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/agents",
+        "Register (or re-register) an agent",
+        register,
+        wire.AgentInfo,
+        wire.RegisterAgent,
+        tag="agents",
+    ),
+    Endpoint(
+        "POST",
+        AGENT + "/claim",
+        "Record results, then lease up to `max` tasks (long-poll)",
+        claim,
+        wire.ClaimResponse,
+        wire.ClaimRequest,
+        tag="agents",
+    ),
+    Endpoint(
+        "POST",
+        AGENT + "/heartbeat",
+        "Liveness and lease renewal for the agent's tasks",
+        heartbeat,
+        wire.HeartbeatResponse,
+        wire.HeartbeatRequest,
+        tag="agents",
+    ),
+    Endpoint(
+        "POST",
+        AGENT + "/results",
+        "Record results of many attempts",
+        report,
+        wire.ReportResponse,
+        wire.ReportRequest,
+        tag="agents",
+    ),
+    Endpoint(
+        "POST",
+        LEASE + "/heartbeat",
+        "Extend one lease; 409 if its fencing token is stale",
+        extend_one,
+        wire.LeaseStatus,
+        wire.AttemptRequest,
+        tag="agents",
+    ),
+    Endpoint(
+        "POST",
+        LEASE + "/complete",
+        "Complete one attempt; 409 if its fencing token is stale",
+        complete_one,
+        wire.ResultAck,
+        wire.CompleteRequest,
+        tag="agents",
+    ),
+    Endpoint(
+        "POST",
+        LEASE + "/fail",
+        "Fail one attempt with a reason; 409 if stale",
+        fail_one,
+        wire.ResultAck,
+        wire.FailRequest,
+        tag="agents",
+    ),
+    Endpoint(
+        "POST",
+        LEASE + "/subtasks",
+        "Hand off a subtask to another fleet (carries the parent id)",
+        hand_off,
+        wire.SubmitResponse,
+        wire.SubtaskRequest,
+        status=201,
+        tag="agents",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/stats",
+        "Per-fleet queue depth, agents and error rate per template hash",
+        stats,
+        wire.Stats,
+        tag="operator",
+    ),
 )
 
 
@@ -257,7 +377,9 @@ async def _body(request: Request, model: type[BaseModel]) -> BaseModel:
         raise from_validation(error) from None
 
 
-def _route(service: RouterService, authenticator: Authenticator, endpoints: list[Endpoint]) -> Route:
+def _route(
+    service: RouterService, authenticator: Authenticator, endpoints: list[Endpoint]
+) -> Route:
     """One route per path, so a 405 can list every method the path allows."""
     by_method = {e.method: e for e in endpoints}
 
@@ -277,7 +399,9 @@ def _route(service: RouterService, authenticator: Authenticator, endpoints: list
             return error_response(from_validation(error, "request"))
         except Exception:
             log.exception("%s %s failed", endpoint.method, endpoint.path)
-            return error_response(ApiError(503, "Unavailable", "the router could not do that now; retry"))
+            return error_response(
+                ApiError(503, "Unavailable", "the router could not do that now; retry")
+            )
         status, model = outcome if isinstance(outcome, tuple) else (endpoint.status, outcome)
         return Response(model.model_dump_json(), status, media_type=JSON)
 
@@ -296,12 +420,15 @@ QUERY_PATTERNS = {
 }
 
 
-def _check_strings(values: dict[str, str], rules: dict[str, tuple[re.Pattern[str], int, str]],
-                   where: str) -> None:
+def _check_strings(
+    values: dict[str, str], rules: dict[str, tuple[re.Pattern[str], int, str]], where: str
+) -> None:
     for key, (pattern, longest, what) in rules.items():
         value = values.get(key)
         if value is not None and (len(value) > longest or not pattern.fullmatch(value)):
-            raise bad_request(f"{key} in the {where} must be {what} of at most {longest} characters", key)
+            raise bad_request(
+                f"{key} in the {where} must be {what} of at most {longest} characters", key
+            )
 
 
 def create_app(service: RouterService, authenticator: Authenticator) -> Starlette:
@@ -327,7 +454,9 @@ def create_app(service: RouterService, authenticator: Authenticator) -> Starlett
         return error_response(ApiError(404, "NotFound", f"no route for {request.url.path}"))
 
     async def wrong_method(request: Request, exc: Exception) -> Response:
-        response = error_response(ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed here"))
+        response = error_response(
+            ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed here")
+        )
         allow = getattr(exc, "headers", None) or {}
         if "Allow" in allow:
             response.headers["Allow"] = allow["Allow"]
@@ -351,6 +480,7 @@ def create_app(service: RouterService, authenticator: Authenticator) -> Starlett
         Route("/metrics", metrics),
     ]
     return Starlette(
-        routes=routes, lifespan=lifespan,
+        routes=routes,
+        lifespan=lifespan,
         exception_handlers={404: not_found, 405: wrong_method},
     )

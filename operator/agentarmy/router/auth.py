@@ -46,12 +46,16 @@ class Principal:
         if self.role == "agent":
             raise forbidden(f"{self.name} is an agent; agents hand off work through their lease")
         if self.role == "client" and self.namespace is not None and namespace != self.namespace:
-            raise forbidden(f"{self.name} may only use namespace {self.namespace!r}, not {namespace!r}")
+            raise forbidden(
+                f"{self.name} may only use namespace {self.namespace!r}, not {namespace!r}"
+            )
 
     def check_agent(self, namespace: str, name: str, fleet: str) -> None:
         """May this principal act as agent ``namespace/name`` of ``fleet``?"""
         if self.role != "agent":
-            raise forbidden(f"{self.name} is not an agent; only agent tokens may register and claim")
+            raise forbidden(
+                f"{self.name} is not an agent; only agent tokens may register and claim"
+            )
         if namespace != self.namespace or fleet != self.fleet:
             raise forbidden(
                 f"{self.name} may act only for fleet {self.fleet!r} in namespace {self.namespace!r}, "
@@ -90,7 +94,8 @@ class StaticTokens:
             if entry.role == "agent" and (entry.namespace is None or entry.fleet is None):
                 raise ValueError(f"token {entry.name!r}: agent tokens need a namespace and a fleet")
         self._by_digest = {
-            _digest(e.token): Principal(e.name, e.role, e.namespace, e.fleet, e.agent) for e in entries
+            _digest(e.token): Principal(e.name, e.role, e.namespace, e.fleet, e.agent)
+            for e in entries
         }
 
     @classmethod
@@ -140,8 +145,12 @@ class TokenReviewer:
     """
 
     def __init__(
-        self, kube: KubeAccess, audience: str = runtime_env.TOKEN_AUDIENCE,
-        admins: Sequence[str] = (), clients: Sequence[str] = (), cache_seconds: float = 60.0,
+        self,
+        kube: KubeAccess,
+        audience: str = runtime_env.TOKEN_AUDIENCE,
+        admins: Sequence[str] = (),
+        clients: Sequence[str] = (),
+        cache_seconds: float = 60.0,
     ) -> None:
         self.kube = kube
         self.audience = audience
@@ -159,7 +168,9 @@ class TokenReviewer:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self.kube.ssl_context())
             self._session = aiohttp.ClientSession(
-                base_url=self.kube.server, connector=connector, timeout=aiohttp.ClientTimeout(total=10)
+                base_url=self.kube.server,
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=10),
             )
         return self._session
 
@@ -221,10 +232,15 @@ class TokenReviewer:
         # A standalone Agent is its own fleet of one (see runtime_env.FLEET).
         fleet = labels.get(runtime_env.POD_LABEL_FLEET) or labels.get(runtime_env.POD_LABEL_AGENT)
         if not fleet:
-            log.info("pod %s/%s has no %s label", namespace, pod_names[0], runtime_env.POD_LABEL_FLEET)
+            log.info(
+                "pod %s/%s has no %s label", namespace, pod_names[0], runtime_env.POD_LABEL_FLEET
+            )
             return None
         return Principal(
-            username, "agent", namespace=namespace, fleet=fleet,
+            username,
+            "agent",
+            namespace=namespace,
+            fleet=fleet,
             agent=labels.get(runtime_env.POD_LABEL_AGENT),
         )
 

@@ -45,7 +45,10 @@ class TokenSource:
 
 class RouterClient:
     def __init__(
-        self, base_url: str, token: TokenSource | str, ca_file: str | None = None,
+        self,
+        base_url: str,
+        token: TokenSource | str,
+        ca_file: str | None = None,
         timeout: float = 90.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -77,14 +80,22 @@ class RouterClient:
         return self._session
 
     async def request(
-        self, method: str, path: str, response: type[M], body: BaseModel | None = None,
+        self,
+        method: str,
+        path: str,
+        response: type[M],
+        body: BaseModel | None = None,
         params: dict[str, str] | None = None,
     ) -> M:
         _, payload = await self.raw(method, path, body, params)
         return response.model_validate_json(payload)
 
     async def raw(
-        self, method: str, path: str, body: BaseModel | None = None, params: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: BaseModel | None = None,
+        params: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
         headers = {"Authorization": f"Bearer {self.token.get()}"}
         data = None
@@ -120,7 +131,9 @@ class RouterClient:
 
     async def wait(self, task_id: str, timeout_seconds: float = 30.0) -> wire.Task:
         timeout = f"{max(1, min(60, int(timeout_seconds)))}s"
-        return await self.request("GET", f"/v1/tasks/{task_id}/wait", wire.Task, params={"timeout": timeout})
+        return await self.request(
+            "GET", f"/v1/tasks/{task_id}/wait", wire.Task, params={"timeout": timeout}
+        )
 
     async def stats(self) -> wire.Stats:
         return await self.request("GET", "/v1/stats", wire.Stats)
@@ -130,8 +143,12 @@ class RouterClient:
     async def register(self, agent: wire.RegisterAgent) -> wire.AgentInfo:
         return await self.request("POST", "/v1/agents", wire.AgentInfo, agent)
 
-    async def claim(self, namespace: str, name: str, request: wire.ClaimRequest) -> wire.ClaimResponse:
-        return await self.request("POST", f"/v1/agents/{namespace}/{name}/claim", wire.ClaimResponse, request)
+    async def claim(
+        self, namespace: str, name: str, request: wire.ClaimRequest
+    ) -> wire.ClaimResponse:
+        return await self.request(
+            "POST", f"/v1/agents/{namespace}/{name}/claim", wire.ClaimResponse, request
+        )
 
     async def heartbeat(
         self, namespace: str, name: str, request: wire.HeartbeatRequest
@@ -139,9 +156,13 @@ class RouterClient:
         path = f"/v1/agents/{namespace}/{name}/heartbeat"
         return await self.request("POST", path, wire.HeartbeatResponse, request)
 
-    async def report(self, namespace: str, name: str, results: Sequence[wire.TaskResult]) -> wire.ReportResponse:
+    async def report(
+        self, namespace: str, name: str, results: Sequence[wire.TaskResult]
+    ) -> wire.ReportResponse:
         body = wire.ReportRequest(results=list(results))
-        return await self.request("POST", f"/v1/agents/{namespace}/{name}/results", wire.ReportResponse, body)
+        return await self.request(
+            "POST", f"/v1/agents/{namespace}/{name}/results", wire.ReportResponse, body
+        )
 
     async def hand_off(
         self, namespace: str, name: str, parent: wire.LeaseRef | wire.Lease, task: wire.SubmitTask

@@ -16,7 +16,9 @@ from agentarmy.api.wire import Task
 decision_log = logging.getLogger("agentarmy.router.decisions")
 
 _EVENT_BY_PHASE = {
-    "Succeeded": "succeeded", "DeadLettered": "dead-lettered", "Failed": "failed",
+    "Succeeded": "succeeded",
+    "DeadLettered": "dead-lettered",
+    "Failed": "failed",
     "Cancelled": "cancelled",
 }
 
@@ -25,8 +27,14 @@ def decide(event: str, task: Task, **fields: Any) -> None:
     if not decision_log.isEnabledFor(logging.INFO):
         return
     record = {
-        "event": event, "taskId": task.id, "traceId": task.traceId, "namespace": task.namespace,
-        "fleet": task.fleet, "attempt": task.attempt, "agent": task.agent, **fields,
+        "event": event,
+        "taskId": task.id,
+        "traceId": task.traceId,
+        "namespace": task.namespace,
+        "fleet": task.fleet,
+        "attempt": task.attempt,
+        "agent": task.agent,
+        **fields,
     }
     decision_log.info("%s", event, extra={"decision": record})
 
@@ -40,7 +48,9 @@ def attempt_ended(task: Task) -> None:
         event = "released" if outcome == "Released" else "retried"
         decide(event, task, reason=reason, outcome=outcome, retryAt=round(task.availableAt, 3))
     else:
-        decide(_EVENT_BY_PHASE.get(task.phase, task.phase), task, reason=task.error, outcome=outcome)
+        decide(
+            _EVENT_BY_PHASE.get(task.phase, task.phase), task, reason=task.error, outcome=outcome
+        )
 
 
 class JsonFormatter(logging.Formatter):
@@ -69,4 +79,3 @@ def configure_json_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
-

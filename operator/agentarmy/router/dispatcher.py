@@ -40,7 +40,9 @@ class _Waiter:
 
 class Dispatcher:
     def __init__(
-        self, store: TaskStore, clock: Callable[[], float],
+        self,
+        store: TaskStore,
+        clock: Callable[[], float],
         on_claimed: Callable[[AgentInfo, list[Task]], None],
     ) -> None:
         self.store = store
@@ -78,7 +80,9 @@ class Dispatcher:
             return
         self._dirty.add(key)
         if key not in self._serving:
-            self._serving[key] = asyncio.create_task(self._serve(key), name=f"dispatch-{namespace}/{fleet}")
+            self._serving[key] = asyncio.create_task(
+                self._serve(key), name=f"dispatch-{namespace}/{fleet}"
+            )
 
     def end_waits(self, namespace: str, name: str) -> None:
         """The agent is draining: answer its pending long-polls with no work."""
@@ -118,7 +122,9 @@ class Dispatcher:
             now = self.clock()
             round_ = {caps: group[:size] for caps, group in groups.items()}
             picked = [w for group in round_.values() for w in group]
-            claims = await asyncio.gather(*(self.store.claim(w.agent, w.max_tasks, now) for w in picked))
+            claims = await asyncio.gather(
+                *(self.store.claim(w.agent, w.max_tasks, now) for w in picked)
+            )
             short: set[_Waiter] = set()
             for waiter, tasks in zip(picked, claims, strict=True):
                 if len(tasks) < waiter.max_tasks:
@@ -126,7 +132,8 @@ class Dispatcher:
                 if tasks:
                     await self._deliver(waiter, tasks)
             groups = {
-                caps: group[size:] for caps, group in groups.items()
+                caps: group[size:]
+                for caps, group in groups.items()
                 if group[size:] and not short.intersection(round_[caps])
             }
             size *= 2
@@ -140,8 +147,12 @@ class Dispatcher:
 
     async def _release(self, agent: AgentInfo, tasks: list[Task]) -> None:
         results = [
-            wire.TaskResult(taskId=t.id, attempt=t.attempt, outcome="released",
-                            error="claim abandoned before delivery")
+            wire.TaskResult(
+                taskId=t.id,
+                attempt=t.attempt,
+                outcome="released",
+                error="claim abandoned before delivery",
+            )
             for t in tasks
         ]
         await self.store.report(agent, results, self.clock())

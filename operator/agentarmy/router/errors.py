@@ -17,7 +17,9 @@ class ApiError(Exception):
 
     def body(self) -> ErrorResponse:
         return ErrorResponse(
-            error=ErrorDetail(status=self.status, code=self.code, message=self.message, field=self.field)
+            error=ErrorDetail(
+                status=self.status, code=self.code, message=self.message, field=self.field
+            )
         )
 
 

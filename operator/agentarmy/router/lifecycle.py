@@ -102,8 +102,13 @@ def start_attempt(
 ) -> Task:
     number = task.attempt + 1
     attempt = Attempt.model_construct(
-        number=number, agent=holder, templateHash=template_hash, startedAt=now, endedAt=None,
-        outcome=None, reason="",
+        number=number,
+        agent=holder,
+        templateHash=template_hash,
+        startedAt=now,
+        endedAt=None,
+        outcome=None,
+        reason="",
     )
     return task.model_copy(
         update={
@@ -137,11 +142,15 @@ def extend_lease(task: Task, now: float, lease_seconds: float) -> Task:
 
 
 def _end_attempt(task: Task, outcome: AttemptOutcome, reason: str, now: float) -> list[Attempt]:
-    last = task.attempts[-1].model_copy(update={"endedAt": now, "outcome": outcome, "reason": reason})
+    last = task.attempts[-1].model_copy(
+        update={"endedAt": now, "outcome": outcome, "reason": reason}
+    )
     return [*task.attempts[:-1], last]
 
 
-def succeed(task: Task, result: dict[str, object] | None, usage: wire.TokenUsage | None, now: float) -> Task:
+def succeed(
+    task: Task, result: dict[str, object] | None, usage: wire.TokenUsage | None, now: float
+) -> Task:
     return task.model_copy(
         update={
             "phase": "Succeeded",
@@ -177,12 +186,16 @@ def fail(
         )
     failures = counted_failures(ended)
     if failures >= task.maxAttempts:
-        summary = "; ".join(f"attempt {a.number}: {a.outcome}: {a.reason}" for a in attempts if a.outcome)
+        summary = "; ".join(
+            f"attempt {a.number}: {a.outcome}: {a.reason}" for a in attempts if a.outcome
+        )
         return ended.model_copy(
             update={
                 "phase": "DeadLettered",
                 "finishedAt": now,
-                "error": f"gave up after {failures} failed attempts ({summary})"[: wire.MAX_ERROR_CHARS],
+                "error": f"gave up after {failures} failed attempts ({summary})"[
+                    : wire.MAX_ERROR_CHARS
+                ],
             }
         )
     delay = policy.delay(task.id, failures)
@@ -194,9 +207,13 @@ def expire(task: Task, now: float, policy: RetryPolicy) -> Task | None:
     if task.phase != "Running":
         return None
     if task.deadlineAt is not None and now >= task.deadlineAt:
-        return fail(task, "TimedOut", f"attempt exceeded its timeout of {task.timeout}", now, policy)
+        return fail(
+            task, "TimedOut", f"attempt exceeded its timeout of {task.timeout}", now, policy
+        )
     if task.leaseExpiresAt is not None and now >= task.leaseExpiresAt:
-        return fail(task, "LeaseExpired", f"agent {task.agent} stopped renewing its lease", now, policy)
+        return fail(
+            task, "LeaseExpired", f"agent {task.agent} stopped renewing its lease", now, policy
+        )
     return None
 
 
@@ -205,7 +222,10 @@ def cancel(task: Task, now: float) -> Task | None:
     if is_terminal(task):
         return None
     update: dict[str, object] = {
-        "phase": "Cancelled", "finishedAt": now, "leaseExpiresAt": None, "deadlineAt": None,
+        "phase": "Cancelled",
+        "finishedAt": now,
+        "leaseExpiresAt": None,
+        "deadlineAt": None,
         "error": "cancelled",
     }
     if task.phase == "Running":
@@ -220,14 +240,19 @@ def apply_result(
     problem = fence_problem(task, report, holder)
     if problem is not None:
         ack = wire.ResultAck(
-            taskId=report.taskId, attempt=report.attempt, status="stale", phase=task.phase,
+            taskId=report.taskId,
+            attempt=report.attempt,
+            status="stale",
+            phase=task.phase,
             message=problem,
         )
         return None, ack
     if report.outcome == "succeeded":
         updated = succeed(task, report.result, report.usage, now)
     elif report.outcome == "released":
-        updated = fail(task, "Released", report.error or "agent released the lease", now, RetryPolicy())
+        updated = fail(
+            task, "Released", report.error or "agent released the lease", now, RetryPolicy()
+        )
     else:
         updated = fail(task, "Failed", report.error or "failed", now, policy, report.retryable)
     if report.usage is not None and report.outcome != "succeeded":

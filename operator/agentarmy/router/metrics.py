@@ -16,39 +16,55 @@ class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.submitted = Counter(
-            "agentarmy_router_tasks_submitted", "Tasks accepted (new, not idempotent repeats).",
-            ["namespace", "fleet"], registry=self.registry,
+            "agentarmy_router_tasks_submitted",
+            "Tasks accepted (new, not idempotent repeats).",
+            ["namespace", "fleet"],
+            registry=self.registry,
         )
         self.outcomes = Counter(
             "agentarmy_router_attempt_outcomes",
             "Ended attempts by how they ended (reason) and where that left the task (phase).",
-            ["namespace", "fleet", "reason", "phase"], registry=self.registry,
+            ["namespace", "fleet", "reason", "phase"],
+            registry=self.registry,
         )
         self.dispatch_latency = Histogram(
             "agentarmy_router_dispatch_latency_seconds",
             "From the moment a task could run (submitted or backoff over) to its lease.",
-            ["namespace", "fleet"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            ["namespace", "fleet"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.task_duration = Histogram(
-            "agentarmy_router_task_duration_seconds", "Lease granted to outcome recorded, per attempt.",
-            ["namespace", "fleet", "capability"], buckets=DURATION_BUCKETS, registry=self.registry,
+            "agentarmy_router_task_duration_seconds",
+            "Lease granted to outcome recorded, per attempt.",
+            ["namespace", "fleet", "capability"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "agentarmy_router_queue_depth", "Queued tasks per fleet and priority.",
-            ["namespace", "fleet", "priority"], registry=self.registry,
+            "agentarmy_router_queue_depth",
+            "Queued tasks per fleet and priority.",
+            ["namespace", "fleet", "priority"],
+            registry=self.registry,
         )
         self.live_agents = Gauge(
-            "agentarmy_router_live_agents", "Agents with a recent heartbeat, per fleet.",
-            ["namespace", "fleet"], registry=self.registry,
+            "agentarmy_router_live_agents",
+            "Agents with a recent heartbeat, per fleet.",
+            ["namespace", "fleet"],
+            registry=self.registry,
         )
         self.stale_reports = Counter(
-            "agentarmy_router_stale_reports", "Heartbeats or results refused for a stale fencing token.",
-            ["namespace", "fleet"], registry=self.registry,
+            "agentarmy_router_stale_reports",
+            "Heartbeats or results refused for a stale fencing token.",
+            ["namespace", "fleet"],
+            registry=self.registry,
         )
 
     def assigned(self, task: Task, now: float) -> None:
         ready_since = max(task.createdAt, task.availableAt)
-        self.dispatch_latency.labels(task.namespace, task.fleet).observe(max(0.0, now - ready_since))
+        self.dispatch_latency.labels(task.namespace, task.fleet).observe(
+            max(0.0, now - ready_since)
+        )
 
     def attempt_ended(self, task: Task) -> None:
         last = task.attempts[-1] if task.attempts else None

@@ -75,7 +75,10 @@ def _operation(endpoint: Endpoint, refs: dict[tuple[Any, Any], Any]) -> dict[str
         responses["200"] = {"description": "Already known (same idempotency key)", **ok}
     error_ref = refs[(wire.ErrorResponse, "serialization")]
     for status, description in ERRORS.items():
-        responses[status] = {"description": description, "content": {"application/json": {"schema": error_ref}}}
+        responses[status] = {
+            "description": description,
+            "content": {"application/json": {"schema": error_ref}},
+        }
     operation: dict[str, Any] = {
         "operationId": endpoint.handler.__name__,
         "summary": endpoint.summary,
@@ -87,7 +90,13 @@ def _operation(endpoint: Endpoint, refs: dict[tuple[Any, Any], Any]) -> dict[str
         for name in re.findall(r"{(\w+)}", endpoint.path)
     ]
     parameters += [
-        {"name": q.name, "in": "query", "required": False, "schema": q.schema, "description": q.description}
+        {
+            "name": q.name,
+            "in": "query",
+            "required": False,
+            "schema": q.schema,
+            "description": q.description,
+        }
         for q in endpoint.query
     ]
     if parameters:

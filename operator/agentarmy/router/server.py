@@ -67,8 +67,11 @@ def build_authenticator(config: RouterConfig) -> Authenticator:
         chain.append(StaticTokens.from_file(config.token_file))
     if config.token_review:
         kube = config.kube or KubeAccess.in_cluster()
-        chain.append(TokenReviewer(kube, admins=config.admin_service_accounts,
-                                   clients=config.client_service_accounts))
+        chain.append(
+            TokenReviewer(
+                kube, admins=config.admin_service_accounts, clients=config.client_service_accounts
+            )
+        )
     if not chain:
         raise ValueError("no way to authenticate callers: give --token-file and/or --token-review")
     return AuthChain(chain)
@@ -89,11 +92,18 @@ def serve(config: RouterConfig) -> None:
     app = create_app(service, build_authenticator(config))
     server = uvicorn.Server(
         uvicorn.Config(
-            app, host=config.host, port=config.port, log_config=None, access_log=False,
+            app,
+            host=config.host,
+            port=config.port,
+            log_config=None,
+            access_log=False,
             loop=_best_loop() if config.loop == "auto" else config.loop,
-            http=_best_http() if config.http == "auto" else config.http, timeout_graceful_shutdown=5,
-            ssl_certfile=config.tls_cert_file, ssl_keyfile=config.tls_key_file,
-            limit_concurrency=None, backlog=4096,
+            http=_best_http() if config.http == "auto" else config.http,
+            timeout_graceful_shutdown=5,
+            ssl_certfile=config.tls_cert_file,
+            ssl_keyfile=config.tls_key_file,
+            limit_concurrency=None,
+            backlog=4096,
         )
     )
     log.info("router listening on %s:%d with store %s", config.host, config.port, config.store_url)

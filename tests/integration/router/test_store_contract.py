@@ -21,22 +21,35 @@ def task(fleet: str = "fleet-a", capability: str = "echo", **fields: object) -> 
 
 
 async def agent(
-    store: TaskStore, name: str = "a1", fleet: str = "fleet-a", capabilities: tuple[str, ...] = ("echo",),
-    concurrency: int = 10, template_hash: str = "h1", now: float = T0,
+    store: TaskStore,
+    name: str = "a1",
+    fleet: str = "fleet-a",
+    capabilities: tuple[str, ...] = ("echo",),
+    concurrency: int = 10,
+    template_hash: str = "h1",
+    now: float = T0,
 ) -> AgentInfo:
     registration = wire.RegisterAgent(
-        namespace="default", name=name, fleet=fleet, capabilities=list(capabilities),
-        concurrency=concurrency, templateHash=template_hash,
+        namespace="default",
+        name=name,
+        fleet=fleet,
+        capabilities=list(capabilities),
+        concurrency=concurrency,
+        templateHash=template_hash,
     )
     return await store.register(registration, now)
 
 
 def succeeded(t: wire.Task, output: dict[str, object] | None = None) -> wire.TaskResult:
-    return wire.TaskResult(taskId=t.id, attempt=t.attempt, outcome="succeeded", result=output or {"ok": 1})
+    return wire.TaskResult(
+        taskId=t.id, attempt=t.attempt, outcome="succeeded", result=output or {"ok": 1}
+    )
 
 
 def failed(t: wire.Task, error: str = "boom", retryable: bool = True) -> wire.TaskResult:
-    return wire.TaskResult(taskId=t.id, attempt=t.attempt, outcome="failed", error=error, retryable=retryable)
+    return wire.TaskResult(
+        taskId=t.id, attempt=t.attempt, outcome="failed", error=error, retryable=retryable
+    )
 
 
 async def test_submit_is_readable_and_listed(store: TaskStore) -> None:
@@ -60,8 +73,12 @@ async def test_idempotency_key_returns_the_first_task(store: TaskStore) -> None:
 
 async def test_claim_takes_priority_then_fifo(store: TaskStore) -> None:
     submitted = await store.submit(
-        [task(priority=10, input={"n": 1}), task(priority=90, input={"n": 2}),
-         task(priority=10, input={"n": 3}), task(priority=90, input={"n": 4})],
+        [
+            task(priority=10, input={"n": 1}),
+            task(priority=90, input={"n": 2}),
+            task(priority=10, input={"n": 3}),
+            task(priority=90, input={"n": 4}),
+        ],
         T0,
     )
     worker = await agent(store)
@@ -103,10 +120,16 @@ async def test_fencing_refuses_stale_and_foreign_reports(store: TaskStore) -> No
     # The slow first agent wakes up: its result, heartbeat and failure are all stale.
     (late,) = await store.report(first_agent, [succeeded(leased, {"from": "late"})], retry_at + 1)
     assert late.ack.status == "stale" and late.task is None and "stale" in late.ack.message
-    (beat,) = await store.heartbeat(first_agent, [wire.LeaseRef(taskId=leased.id, attempt=1)], False, retry_at)
+    (beat,) = await store.heartbeat(
+        first_agent, [wire.LeaseRef(taskId=leased.id, attempt=1)], False, retry_at
+    )
     assert beat.status == "stale"
-    (done,) = await store.report(second_agent, [succeeded(second, {"from": "second"})], retry_at + 2)
-    assert done.ack.status == "recorded" and done.task is not None and done.task.phase == "Succeeded"
+    (done,) = await store.report(
+        second_agent, [succeeded(second, {"from": "second"})], retry_at + 2
+    )
+    assert (
+        done.ack.status == "recorded" and done.task is not None and done.task.phase == "Succeeded"
+    )
     (twice,) = await store.report(second_agent, [succeeded(second)], retry_at + 3)
     assert twice.ack.status == "stale"
     final = await store.get(leased.id)
@@ -120,14 +143,24 @@ async def test_heartbeat_keeps_the_lease(store: TaskStore) -> None:
     ref = wire.LeaseRef(taskId=leased.id, attempt=1)
     for step in range(1, 4):
         (status,) = await store.heartbeat(worker, [ref], False, T0 + step * 8)
-        assert status.status == "extended" and status.leaseExpiresAt == T0 + step * 8 + store.settings.lease_seconds
+        assert (
+            status.status == "extended"
+            and status.leaseExpiresAt == T0 + step * 8 + store.settings.lease_seconds
+        )
         assert await store.expire_due(T0 + step * 8 + 5) == []
     assert len(await store.expire_due(T0 + 24 + store.settings.lease_seconds)) == 1
 
 
 async def test_heartbeat_of_unknown_agent_is_refused(store: TaskStore) -> None:
-    ghost = AgentInfo(namespace="default", name="ghost", fleet="fleet-a", capabilities=["echo"],
-                      registeredAt=T0, lastHeartbeat=T0, ready=True)
+    ghost = AgentInfo(
+        namespace="default",
+        name="ghost",
+        fleet="fleet-a",
+        capabilities=["echo"],
+        registeredAt=T0,
+        lastHeartbeat=T0,
+        ready=True,
+    )
     with pytest.raises(UnknownAgent):
         await store.heartbeat(ghost, [], False, T0)
 
@@ -191,7 +224,9 @@ async def test_cancel_reaches_queued_and_running_tasks(store: TaskStore) -> None
     for item in (queued, running):
         outcome = await store.cancel(item.task.id, T0 + 1)
         assert outcome is not None and outcome[1] and outcome[0].phase == "Cancelled"
-    (status,) = await store.heartbeat(worker, [wire.LeaseRef(taskId=leased.id, attempt=1)], False, T0 + 2)
+    (status,) = await store.heartbeat(
+        worker, [wire.LeaseRef(taskId=leased.id, attempt=1)], False, T0 + 2
+    )
     assert status.status == "cancelled"
     (late,) = await store.report(worker, [succeeded(leased)], T0 + 3)
     assert late.ack.status == "stale" and "cancelled" in late.ack.message
@@ -203,7 +238,10 @@ async def test_cancel_reaches_queued_and_running_tasks(store: TaskStore) -> None
 
 async def test_stats_count_by_fleet_agent_and_template(store: TaskStore) -> None:
     await store.submit([task(priority=p) for p in (10, 10, 50, 50, 50)], T0)
-    old, new = await agent(store, "a1", template_hash="old"), await agent(store, "a2", template_hash="new")
+    old, new = (
+        await agent(store, "a1", template_hash="old"),
+        await agent(store, "a2", template_hash="new"),
+    )
     (t1,) = await store.claim(old, 1, T0)
     (t2,) = await store.claim(new, 1, T0)
     (t3,) = await store.claim(new, 1, T0)
@@ -219,7 +257,10 @@ async def test_stats_count_by_fleet_agent_and_template(store: TaskStore) -> None
     assert by_name["a1"].live and by_name["a1"].templateHash == "old"
     rates = {t.templateHash: t.errorRate for t in fleet.templates}
     assert rates == {"old": 0.0, "new": 0.5}
-    assert await store.queue_depths() == {("default", "fleet-a", 10): 2, ("default", "fleet-a", 50): 1}
+    assert await store.queue_depths() == {
+        ("default", "fleet-a", 10): 2,
+        ("default", "fleet-a", 50): 1,
+    }
     later = await store.stats(T0 + store.settings.liveness_seconds + 10)
     assert not any(a.live for a in later.fleets[0].agents)
 
@@ -281,5 +322,7 @@ async def test_concurrent_claims_never_share_a_task(store_factory: tuple[str, Op
             got += [t.id for t in await replica.claim(worker, 10, T0)]
         return got
 
-    claimed = [tid for batch in await asyncio.gather(*(drain(i) for i in range(8))) for tid in batch]
+    claimed = [
+        tid for batch in await asyncio.gather(*(drain(i) for i in range(8))) for tid in batch
+    ]
     assert len(claimed) == len(set(claimed)) == 200

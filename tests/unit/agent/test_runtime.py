@@ -26,16 +26,22 @@ from agentarmy.router.store.sqlite import SqliteStore
 from agentarmy.router.testing import free_port
 
 ADMIN = StaticToken(token="admin-token-0000000001", name="admin", role="admin")
-AGENT = StaticToken(token="agent-token-0000000001", name="fa", role="agent", namespace="default", fleet="fa")
+AGENT = StaticToken(
+    token="agent-token-0000000001", name="fa", role="agent", namespace="default", fleet="fa"
+)
 
 
 @pytest.fixture
 async def router_url(tmp_path: Path) -> AsyncIterator[str]:
-    store = SqliteStore(tmp_path / "router.db", StoreSettings(lease_seconds=3.0, retry=RetryPolicy(0.05, 0.5)))
+    store = SqliteStore(
+        tmp_path / "router.db", StoreSettings(lease_seconds=3.0, retry=RetryPolicy(0.05, 0.5))
+    )
     service = RouterService(store, ServiceSettings(reap_interval=0.1))
     app = create_app(service, StaticTokens([ADMIN, AGENT]))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    )
     serving = asyncio.create_task(server.serve())
     while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
         await asyncio.sleep(0.01)
@@ -51,13 +57,23 @@ async def caller(router_url: str) -> AsyncIterator[RouterClient]:
 
 
 @pytest.fixture
-async def start_agent(router_url: str) -> AsyncIterator[Callable[..., tuple[AgentRuntime, asyncio.Task[None]]]]:
+async def start_agent(
+    router_url: str,
+) -> AsyncIterator[Callable[..., tuple[AgentRuntime, asyncio.Task[None]]]]:
     started: list[tuple[AgentRuntime, asyncio.Task[None], RouterClient]] = []
 
-    def start(name: str = "a1", concurrency: int = 2, drain: float = 5.0) -> tuple[AgentRuntime, asyncio.Task[None]]:
-        settings = AgentSettings(router_url=router_url, name=name, namespace="default", fleet="fa",
-                                 capabilities=["echo", "test"], concurrency=concurrency,
-                                 heartbeat_interval=0.2)
+    def start(
+        name: str = "a1", concurrency: int = 2, drain: float = 5.0
+    ) -> tuple[AgentRuntime, asyncio.Task[None]]:
+        settings = AgentSettings(
+            router_url=router_url,
+            name=name,
+            namespace="default",
+            fleet="fa",
+            capabilities=["echo", "test"],
+            concurrency=concurrency,
+            heartbeat_interval=0.2,
+        )
         client = RouterClient(router_url, AGENT.token)
         runtime = AgentRuntime(settings, client, load_skills(settings), drain_seconds=drain)
         running = asyncio.create_task(runtime.run())
@@ -76,8 +92,9 @@ async def submit(caller: RouterClient, capability: str = "test", **fields: Any) 
     return reply.task.id
 
 
-async def until(caller: RouterClient, task_id: str, check: Callable[[wire.Task], bool],
-                within: float = 10) -> wire.Task:
+async def until(
+    caller: RouterClient, task_id: str, check: Callable[[wire.Task], bool], within: float = 10
+) -> wire.Task:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         task = await caller.get(task_id)

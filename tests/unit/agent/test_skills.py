@@ -24,31 +24,63 @@ from agentarmy.api import wire
 
 
 def settings(**fields: Any) -> AgentSettings:
-    base: dict[str, Any] = {"router_url": "http://r", "name": "a1", "namespace": "ns", "fleet": "f",
-                            "capabilities": ["echo"]}
+    base: dict[str, Any] = {
+        "router_url": "http://r",
+        "name": "a1",
+        "namespace": "ns",
+        "fleet": "f",
+        "capabilities": ["echo"],
+    }
     return AgentSettings(**{**base, **fields})
 
 
-def context(task_input: dict[str, Any], agent: AgentSettings, attempt: int = 1, **extra: Any) -> TaskContext:
+def context(
+    task_input: dict[str, Any], agent: AgentSettings, attempt: int = 1, **extra: Any
+) -> TaskContext:
     async def no_hand_off(task: wire.SubmitTask) -> wire.SubmitResponse:
         raise AssertionError("no hand-off expected")
 
-    return TaskContext(task_id="t-1", attempt=attempt, input=task_input, trace_id="0" * 32,
-                       settings=agent, hand_off=extra.pop("hand_off", no_hand_off), **extra)
+    return TaskContext(
+        task_id="t-1",
+        attempt=attempt,
+        input=task_input,
+        trace_id="0" * 32,
+        settings=agent,
+        hand_off=extra.pop("hand_off", no_hand_off),
+        **extra,
+    )
 
 
 def test_settings_from_the_environment_contract() -> None:
-    loaded = AgentSettings.from_env({
-        env.ROUTER_URL: "http://router:8080", env.AGENT_NAME: "a1", env.NAMESPACE: "team",
-        env.FLEET: "fa", env.CAPABILITIES: "echo, summarize", env.SKILLS: '{"summarize": "llm"}',
-        env.CONCURRENCY: "4", env.HEARTBEAT_INTERVAL: "2s", env.ALLOWED_TOOLS: "echo,http*",
-        env.MODEL_TEMPERATURE: "0.5",
-    })
+    loaded = AgentSettings.from_env(
+        {
+            env.ROUTER_URL: "http://router:8080",
+            env.AGENT_NAME: "a1",
+            env.NAMESPACE: "team",
+            env.FLEET: "fa",
+            env.CAPABILITIES: "echo, summarize",
+            env.SKILLS: '{"summarize": "llm"}',
+            env.CONCURRENCY: "4",
+            env.HEARTBEAT_INTERVAL: "2s",
+            env.ALLOWED_TOOLS: "echo,http*",
+            env.MODEL_TEMPERATURE: "0.5",
+        }
+    )
     assert loaded.capabilities == ["echo", "summarize"] and loaded.skill_for("summarize") == "llm"
-    assert (loaded.concurrency, loaded.heartbeat_interval, loaded.model_temperature) == (4, 2.0, 0.5)
+    assert (loaded.concurrency, loaded.heartbeat_interval, loaded.model_temperature) == (
+        4,
+        2.0,
+        0.5,
+    )
     with pytest.raises(ValueError, match=env.CONCURRENCY):
-        AgentSettings.from_env({env.ROUTER_URL: "x", env.AGENT_NAME: "a", env.CAPABILITIES: "e",
-                                env.CONCURRENCY: "many"})
+        AgentSettings.from_env(
+            {
+                env.ROUTER_URL: "x",
+                env.AGENT_NAME: "a",
+                env.CAPABILITIES: "e",
+                env.CONCURRENCY: "many",
+            }
+        )
     with pytest.raises(ValueError, match=env.CAPABILITIES):
         AgentSettings.from_env({env.ROUTER_URL: "x", env.AGENT_NAME: "a"})
 
@@ -75,9 +107,14 @@ async def test_test_skill_fails_on_request() -> None:
 
 @pytest.mark.parametrize(
     ("url", "allowed"),
-    [("http://api.example.com/x", True), ("https://api.example.com:8443/", False),
-     ("http://127.0.0.1:9000/", True), ("http://127.0.0.1:9001/", False),
-     ("http://evil.example.com/", False), ("file:///etc/passwd", False)],
+    [
+        ("http://api.example.com/x", True),
+        ("https://api.example.com:8443/", False),
+        ("http://127.0.0.1:9000/", True),
+        ("http://127.0.0.1:9001/", False),
+        ("http://evil.example.com/", False),
+        ("file:///etc/passwd", False),
+    ],
 )
 def test_http_allow_list(url: str, allowed: bool) -> None:
     assert host_allowed(url, ["api.example.com:80", "127.0.0.1:9000"]) is allowed
@@ -95,16 +132,26 @@ async def fake_model() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
         usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
         if not tool_messages:
             calls = [
-                {"id": "c1", "type": "function",
-                 "function": {"name": "echo", "arguments": json.dumps({"text": "hello"})}},
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "echo", "arguments": json.dumps({"text": "hello"})},
+                },
                 {"id": "c2", "type": "function", "function": {"name": "http", "arguments": "{}"}},
             ]
             message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": calls}
-            return web.json_response({"choices": [{"message": message, "finish_reason": "tool_calls"}],
-                                      "usage": usage})
+            return web.json_response(
+                {"choices": [{"message": message, "finish_reason": "tool_calls"}], "usage": usage}
+            )
         answer = " | ".join(m["content"] for m in tool_messages)
-        return web.json_response({"choices": [{"message": {"role": "assistant", "content": answer},
-                                               "finish_reason": "stop"}], "usage": usage})
+        return web.json_response(
+            {
+                "choices": [
+                    {"message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}
+                ],
+                "usage": usage,
+            }
+        )
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
@@ -117,10 +164,18 @@ async def fake_model() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     await runner.cleanup()
 
 
-async def test_llm_calls_allowed_tools_and_reports_usage(fake_model: tuple[str, list[dict[str, Any]]]) -> None:
+async def test_llm_calls_allowed_tools_and_reports_usage(
+    fake_model: tuple[str, list[dict[str, Any]]],
+) -> None:
     endpoint, requests = fake_model
-    agent = settings(capabilities=["chat"], skills={"chat": "llm"}, model_endpoint=endpoint,
-                     model_name="tiny", model_api_key="sk-test", allowed_tools=["echo"])
+    agent = settings(
+        capabilities=["chat"],
+        skills={"chat": "llm"},
+        model_endpoint=endpoint,
+        model_name="tiny",
+        model_api_key="sk-test",
+        allowed_tools=["echo"],
+    )
     skill = load_skills(agent)["chat"]
     result = await skill.run(context({"prompt": "say hello"}, agent, tools=tool_skills(agent)))
     assert result.usage == wire.TokenUsage(promptTokens=20, completionTokens=10, totalTokens=30)

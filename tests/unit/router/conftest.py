@@ -18,13 +18,31 @@ from agentarmy.router.store.sqlite import SqliteStore
 
 TOKENS = {
     "admin": StaticToken(token="admin-token-0000000001", name="admin", role="admin"),
-    "client": StaticToken(token="client-token-000000001", name="alice", role="client", namespace="default"),
-    "agent": StaticToken(token="agent-token-0000000001", name="fleet-a", role="agent",
-                         namespace="default", fleet="fleet-a"),
-    "agent-b": StaticToken(token="agent-token-0000000002", name="fleet-b", role="agent",
-                           namespace="default", fleet="fleet-b"),
-    "only-a1": StaticToken(token="agent-token-0000000003", name="a1-only", role="agent",
-                           namespace="default", fleet="fleet-a", agent="a1"),
+    "client": StaticToken(
+        token="client-token-000000001", name="alice", role="client", namespace="default"
+    ),
+    "agent": StaticToken(
+        token="agent-token-0000000001",
+        name="fleet-a",
+        role="agent",
+        namespace="default",
+        fleet="fleet-a",
+    ),
+    "agent-b": StaticToken(
+        token="agent-token-0000000002",
+        name="fleet-b",
+        role="agent",
+        namespace="default",
+        fleet="fleet-b",
+    ),
+    "only-a1": StaticToken(
+        token="agent-token-0000000003",
+        name="a1-only",
+        role="agent",
+        namespace="default",
+        fleet="fleet-a",
+        agent="a1",
+    ),
 }
 
 

@@ -76,22 +76,34 @@ async def fake_api() -> AsyncIterator[tuple[FakeApiServer, str]]:
 
 
 def pod_user(ns: str, sa: str, pod: str, uid: str) -> dict[str, Any]:
-    return {"username": f"system:serviceaccount:{ns}:{sa}",
-            "extra": {"authentication.kubernetes.io/pod-name": [pod],
-                      "authentication.kubernetes.io/pod-uid": [uid]}}
+    return {
+        "username": f"system:serviceaccount:{ns}:{sa}",
+        "extra": {
+            "authentication.kubernetes.io/pod-name": [pod],
+            "authentication.kubernetes.io/pod-uid": [uid],
+        },
+    }
 
 
 async def test_token_review_maps_the_pod_to_its_fleet(fake_api: tuple[FakeApiServer, str]) -> None:
     fake, url = fake_api
     fake.users["pod-token"] = pod_user("team", "agents", "fa-0-xyz", "uid-1")
-    fake.pods["team/fa-0-xyz"] = {"metadata": {"uid": "uid-1", "labels": {
-        "agentarmy.io/fleet": "fa", "agentarmy.io/agent": "fa-0"}}}
+    fake.pods["team/fa-0-xyz"] = {
+        "metadata": {
+            "uid": "uid-1",
+            "labels": {"agentarmy.io/fleet": "fa", "agentarmy.io/agent": "fa-0"},
+        }
+    }
     fake.users["operator-token"] = {"username": "system:serviceaccount:agentarmy-system:operator"}
     reviewer = TokenReviewer(KubeAccess(url), admins=["agentarmy-system:operator"])
     try:
         agent = await reviewer.authenticate("pod-token")
         assert agent is not None and (agent.role, agent.namespace, agent.fleet, agent.agent) == (
-            "agent", "team", "fa", "fa-0")
+            "agent",
+            "team",
+            "fa",
+            "fa-0",
+        )
         assert fake.reviews[0]["spec"]["audiences"] == ["agentarmy-router"]
         await reviewer.authenticate("pod-token")
         assert len(fake.reviews) == 1  # cached
@@ -105,7 +117,9 @@ async def test_token_review_maps_the_pod_to_its_fleet(fake_api: tuple[FakeApiSer
 async def test_token_of_a_replaced_pod_is_refused(fake_api: tuple[FakeApiServer, str]) -> None:
     fake, url = fake_api
     fake.users["old-token"] = pod_user("team", "agents", "fa-0", "uid-old")
-    fake.pods["team/fa-0"] = {"metadata": {"uid": "uid-new", "labels": {"agentarmy.io/fleet": "fa"}}}
+    fake.pods["team/fa-0"] = {
+        "metadata": {"uid": "uid-new", "labels": {"agentarmy.io/fleet": "fa"}}
+    }
     fake.users["unlabelled"] = pod_user("team", "agents", "plain", "u")
     fake.pods["team/plain"] = {"metadata": {"uid": "u", "labels": {}}}
     reviewer = TokenReviewer(KubeAccess(url))

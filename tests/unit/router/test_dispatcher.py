@@ -19,10 +19,16 @@ async def test_least_loaded_waiting_agent_gets_the_next_task(tmp_path: Path) -> 
     await store.open(NOW)
     try:
         claimed: list[tuple[str, list[Task]]] = []
-        dispatcher = Dispatcher(store, lambda: NOW, lambda agent, tasks: claimed.append((agent.name, tasks)))
+        dispatcher = Dispatcher(
+            store, lambda: NOW, lambda agent, tasks: claimed.append((agent.name, tasks))
+        )
         busy, idle = [
-            await store.register(wire.RegisterAgent(namespace="default", name=name, fleet="f",
-                                                    capabilities=["echo"], concurrency=2), NOW)
+            await store.register(
+                wire.RegisterAgent(
+                    namespace="default", name=name, fleet="f", capabilities=["echo"], concurrency=2
+                ),
+                NOW,
+            )
             for name in ("busy", "idle")
         ]
         await store.submit([wire.SubmitTask(fleet="f", capability="echo")], NOW)
@@ -45,8 +51,15 @@ async def test_claim_without_work_and_without_wait_returns_nothing(tmp_path: Pat
     await store.open(NOW)
     try:
         dispatcher = Dispatcher(store, lambda: NOW, lambda agent, tasks: None)
-        agent = AgentInfo(namespace="default", name="a", fleet="f", capabilities=["echo"],
-                          registeredAt=NOW, lastHeartbeat=NOW, ready=True)
+        agent = AgentInfo(
+            namespace="default",
+            name="a",
+            fleet="f",
+            capabilities=["echo"],
+            registeredAt=NOW,
+            lastHeartbeat=NOW,
+            ready=True,
+        )
         assert await dispatcher.claim(agent, 5, 0) == []
         assert await dispatcher.claim(agent, 5, 0.05) == []
     finally:

@@ -21,7 +21,9 @@ def running(task: wire.Task | None = None, holder: str = "ns/a1") -> wire.Task:
     return lifecycle.start_attempt(task or queued(), holder, "hash", NOW, lease_seconds=30)
 
 
-@pytest.mark.parametrize(("failures", "low", "high"), [(1, 1.6, 2.4), (2, 3.2, 4.8), (3, 6.4, 9.6), (9, 8, 12)])
+@pytest.mark.parametrize(
+    ("failures", "low", "high"), [(1, 1.6, 2.4), (2, 3.2, 4.8), (3, 6.4, 9.6), (9, 8, 12)]
+)
 def test_backoff_doubles_up_to_the_cap(failures: int, low: float, high: float) -> None:
     assert low <= POLICY.delay("t-1", failures) <= high
 
@@ -29,10 +31,16 @@ def test_backoff_doubles_up_to_the_cap(failures: int, low: float, high: float) -
 def test_fencing_token_is_task_attempt_and_holder() -> None:
     task = running()
     assert lifecycle.fence_problem(task, wire.LeaseRef(taskId="t-1", attempt=1), "ns/a1") is None
-    assert "stale" in (lifecycle.fence_problem(task, wire.LeaseRef(taskId="t-1", attempt=2), "ns/a1") or "")
-    assert "held by" in (lifecycle.fence_problem(task, wire.LeaseRef(taskId="t-1", attempt=1), "ns/a2") or "")
+    assert "stale" in (
+        lifecycle.fence_problem(task, wire.LeaseRef(taskId="t-1", attempt=2), "ns/a1") or ""
+    )
+    assert "held by" in (
+        lifecycle.fence_problem(task, wire.LeaseRef(taskId="t-1", attempt=1), "ns/a2") or ""
+    )
     ended = lifecycle.succeed(task, {}, None, NOW + 1)
-    assert "Succeeded" in (lifecycle.fence_problem(ended, wire.LeaseRef(taskId="t-1", attempt=1), "ns/a1") or "")
+    assert "Succeeded" in (
+        lifecycle.fence_problem(ended, wire.LeaseRef(taskId="t-1", attempt=1), "ns/a1") or ""
+    )
 
 
 def test_lease_and_deadline_come_from_settings_and_timeout() -> None:

@@ -70,7 +70,9 @@ def available_factories() -> dict[str, SkillFactory]:
     return factories
 
 
-def load_skills(settings: AgentSettings, factories: Mapping[str, SkillFactory] | None = None) -> dict[str, Skill]:
+def load_skills(
+    settings: AgentSettings, factories: Mapping[str, SkillFactory] | None = None
+) -> dict[str, Skill]:
     """capability -> skill instance; ValueError names capabilities no plugin serves."""
     factories = dict(factories if factories is not None else available_factories())
     missing = sorted({settings.skill_for(c) for c in settings.capabilities} - set(factories))
@@ -93,10 +95,13 @@ def allowed(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
-def tool_skills(settings: AgentSettings, factories: Mapping[str, SkillFactory] | None = None) -> dict[str, Skill]:
+def tool_skills(
+    settings: AgentSettings, factories: Mapping[str, SkillFactory] | None = None
+) -> dict[str, Skill]:
     """Skills the agent may call as tools: installed plugins its allow-list names (never llm)."""
     factories = dict(factories if factories is not None else available_factories())
     return {
-        name: factory(settings) for name, factory in factories.items()
+        name: factory(settings)
+        for name, factory in factories.items()
         if name != "llm" and allowed(name, settings.allowed_tools)
     }

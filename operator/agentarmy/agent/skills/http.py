@@ -62,9 +62,10 @@ class HttpSkill:
         elif "body" in ctx.input:
             kwargs["data"] = str(ctx.input["body"])
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
-                method, url, allow_redirects=False, **kwargs
-            ) as response:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.request(method, url, allow_redirects=False, **kwargs) as response,
+            ):
                 text = (await response.text(errors="replace"))[:MAX_BODY_CHARS]
                 output: dict[str, Any] = {
                     "status": response.status,

@@ -66,14 +66,20 @@ class LlmSkill:
                 tool_calls = message.get("tool_calls") or []
                 if not tool_calls:
                     return SkillResult(
-                        output={"content": message.get("content") or "", "toolCalls": calls,
-                                "turns": turn, "finishReason": choice.get("finish_reason", "")},
+                        output={
+                            "content": message.get("content") or "",
+                            "toolCalls": calls,
+                            "turns": turn,
+                            "finishReason": choice.get("finish_reason", ""),
+                        },
                         usage=usage,
                     )
                 for call in tool_calls:
                     content, record = await self._call_tool(ctx, call)
                     calls.append(record)
-                    messages.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": content})
+                    messages.append(
+                        {"role": "tool", "tool_call_id": call.get("id", ""), "content": content}
+                    )
         raise SkillFailed(f"the model was still calling tools after {max_turns} turns")
 
     def _offered_tools(self, ctx: TaskContext) -> dict[str, Skill | None]:
@@ -88,7 +94,10 @@ class LlmSkill:
         return offered
 
     async def _complete(
-        self, session: aiohttp.ClientSession, messages: list[dict[str, Any]], tools: Mapping[str, Skill | None]
+        self,
+        session: aiohttp.ClientSession,
+        messages: list[dict[str, Any]],
+        tools: Mapping[str, Skill | None],
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.settings.model_name, "messages": messages}
         if tools:
@@ -107,14 +116,18 @@ class LlmSkill:
                 if response.status == 429 or response.status >= 500:
                     raise SkillFailed(f"model endpoint answered {response.status}: {text[:300]}")
                 if response.status >= 400:
-                    raise SkillFailed(f"model endpoint refused the request ({response.status}): {text[:300]}",
-                                      retryable=False)
+                    raise SkillFailed(
+                        f"model endpoint refused the request ({response.status}): {text[:300]}",
+                        retryable=False,
+                    )
                 reply: dict[str, Any] = json.loads(text)
                 return reply
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
             raise SkillFailed(f"model endpoint failed: {type(error).__name__}: {error}") from error
 
-    async def _call_tool(self, ctx: TaskContext, call: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    async def _call_tool(
+        self, ctx: TaskContext, call: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
         function = call.get("function") or {}
         name = str(function.get("name", ""))
         try:
@@ -124,7 +137,9 @@ class LlmSkill:
         record: dict[str, Any] = {"name": name, "arguments": arguments, "ok": False}
         if not isinstance(arguments, dict):
             return json.dumps({"error": "arguments must be a JSON object"}), record
-        if not allowed(name, self.settings.allowed_tools) or (name != HANDOFF_TOOL and name not in ctx.tools):
+        if not allowed(name, self.settings.allowed_tools) or (
+            name != HANDOFF_TOOL and name not in ctx.tools
+        ):
             return json.dumps({"error": f"tool {name!r} is not allowed for this agent"}), record
         try:
             output = await self._run_tool(ctx, name, arguments)
@@ -133,7 +148,9 @@ class LlmSkill:
         record["ok"] = True
         return json.dumps(output), record
 
-    async def _run_tool(self, ctx: TaskContext, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    async def _run_tool(
+        self, ctx: TaskContext, name: str, arguments: dict[str, Any]
+    ) -> dict[str, Any]:
         if name == HANDOFF_TOOL:
             try:
                 child = wire.SubmitTask(namespace=self.settings.namespace, **arguments)
@@ -142,8 +159,12 @@ class LlmSkill:
             submitted = await ctx.hand_off(child)
             return {"taskId": submitted.task.id, "fleet": child.fleet}
         sub_context = TaskContext(
-            task_id=ctx.task_id, attempt=ctx.attempt, input=arguments, trace_id=ctx.trace_id,
-            settings=ctx.settings, hand_off=ctx.hand_off,
+            task_id=ctx.task_id,
+            attempt=ctx.attempt,
+            input=arguments,
+            trace_id=ctx.trace_id,
+            settings=ctx.settings,
+            hand_off=ctx.hand_off,
         )
         result = await ctx.tools[name].run(sub_context)
         return result.output
@@ -165,7 +186,10 @@ def _initial_messages(task_input: Mapping[str, Any]) -> list[dict[str, Any]]:
 def _tool_schema(name: str, skill: Skill | None) -> dict[str, Any]:
     description = skill.description if skill else "Hand a subtask to another fleet."
     parameters = skill.parameters if skill else HANDOFF_PARAMETERS
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": parameters}}
+    return {
+        "type": "function",
+        "function": {"name": name, "description": description, "parameters": parameters},
+    }
 
 
 def _add_usage(total: wire.TokenUsage, usage: Mapping[str, Any]) -> wire.TokenUsage:

@@ -76,8 +76,15 @@ class _Entry:
 def _entry(revision: int, raw: bytes, task: Task) -> _Entry:
     ends = [t for t in (task.leaseExpiresAt, task.deadlineAt) if t is not None]
     return _Entry(
-        revision=revision, raw=raw, phase=task.phase, namespace=task.namespace, fleet=task.fleet,
-        capability=task.capability, priority=task.priority, seq=task.seq, agent=task.agent,
+        revision=revision,
+        raw=raw,
+        phase=task.phase,
+        namespace=task.namespace,
+        fleet=task.fleet,
+        capability=task.capability,
+        priority=task.priority,
+        seq=task.seq,
+        agent=task.agent,
         parent=task.parentTaskId,
         expires_at=min(ends) if task.phase == "Running" and ends else None,
         ended_attempts=tuple(
@@ -130,8 +137,15 @@ class _Mirror:
                 self.agent_tally[(agent, kind)] += sign
                 self.template_tally[(entry.namespace, entry.fleet, template_hash, kind)] += sign
 
-    def candidates(self, namespace: str, fleet: str, capabilities: Sequence[str], room: int,
-                   now: float, parse: Callable[[bytes], Task]) -> list[str]:
+    def candidates(
+        self,
+        namespace: str,
+        fleet: str,
+        capabilities: Sequence[str],
+        room: int,
+        now: float,
+        parse: Callable[[bytes], Task],
+    ) -> list[str]:
         """Pop up to ``room`` claimable task ids, best first; callers push back what they skip."""
         picked: list[tuple[int, int, str]] = []
         for capability in capabilities:
@@ -141,7 +155,11 @@ class _Mirror:
             while heap and taken < room:
                 item = heapq.heappop(heap)
                 entry = self.entries.get(item[2])
-                if entry is None or entry.phase != "Queued" or (-entry.priority, entry.seq) != item[:2]:
+                if (
+                    entry is None
+                    or entry.phase != "Queued"
+                    or (-entry.priority, entry.seq) != item[:2]
+                ):
                     continue  # stale heap item: the task moved on
                 if parse(entry.raw).availableAt > now:
                     waiting.append(item)  # backing off; keep its place
@@ -162,7 +180,9 @@ class _Mirror:
 
 
 class NatsStore(TaskStore):
-    def __init__(self, servers: str | list[str], settings: StoreSettings, prefix: str = "agentarmy") -> None:
+    def __init__(
+        self, servers: str | list[str], settings: StoreSettings, prefix: str = "agentarmy"
+    ) -> None:
         super().__init__(settings)
         self.servers = servers
         self.prefix = prefix
@@ -179,7 +199,9 @@ class NatsStore(TaskStore):
     # -- plumbing -------------------------------------------------------------------------
 
     async def open(self, now: float) -> None:
-        self._nc = await nats.connect(self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+        self._nc = await nats.connect(
+            self.servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+        )
         js = self._nc.jetstream(timeout=10)
         self._tasks_kv = await self._bucket(js, f"{self.prefix}_tasks")
         self._idem_kv = await self._bucket(js, f"{self.prefix}_idem")
@@ -193,7 +215,10 @@ class NatsStore(TaskStore):
         running = [tid for tid, e in self._mirror.entries.items() if e.phase == "Running"]
         lease = self.settings.lease_seconds
         await asyncio.gather(
-            *(self._mutate(tid, lambda t: lifecycle.restart_grace(t, now, lease)) for tid in running)
+            *(
+                self._mutate(tid, lambda t: lifecycle.restart_grace(t, now, lease))
+                for tid in running
+            )
         )
 
     async def close(self) -> None:
@@ -263,7 +288,11 @@ class NatsStore(TaskStore):
     ) -> tuple[Task, Task | None] | None:
         """Apply ``change`` under compare-and-swap; (task it saw, new task or None), None if unknown."""
         entry = self._mirror.entries.get(task_id)
-        current = (entry.revision, Task.model_validate_json(entry.raw)) if entry else await self._fetch(task_id)
+        current = (
+            (entry.revision, Task.model_validate_json(entry.raw))
+            if entry
+            else await self._fetch(task_id)
+        )
         for _ in range(CAS_RETRIES):
             if current is None:
                 return None
@@ -276,7 +305,9 @@ class NatsStore(TaskStore):
                 return task, updated
             except KeyWrongLastSequenceError:
                 current = await self._fetch(task_id)
-        raise StoreError(f"task {task_id} kept changing under us; giving up after {CAS_RETRIES} tries")
+        raise StoreError(
+            f"task {task_id} kept changing under us; giving up after {CAS_RETRIES} tries"
+        )
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -286,7 +317,9 @@ class NatsStore(TaskStore):
     async def _submit_one(self, request: wire.SubmitTask, now: float) -> Submitted:
         task_id = lifecycle.new_task_id()
         if request.idempotencyKey is not None:
-            key = hashlib.sha256(f"{request.namespace}\0{request.idempotencyKey}".encode()).hexdigest()
+            key = hashlib.sha256(
+                f"{request.namespace}\0{request.idempotencyKey}".encode()
+            ).hexdigest()
             try:
                 await self._idem_kv.create(key, task_id.encode())
             except KeyWrongLastSequenceError:
@@ -317,7 +350,8 @@ class NatsStore(TaskStore):
     async def list_tasks(self, query: TaskQuery) -> list[Task]:
         after = query.after_seq or 0
         matches = [
-            e for e in self._mirror.entries.values()
+            e
+            for e in self._mirror.entries.values()
             if e.seq > after
             and (query.namespace is None or e.namespace == query.namespace)
             and (query.fleet is None or e.fleet == query.fleet)
@@ -348,7 +382,9 @@ class NatsStore(TaskStore):
         return info
 
     async def _put_agent(self, info: AgentInfo) -> None:
-        revision = await self._agents_kv.put(f"{info.namespace}.{info.name}", info.model_dump_json().encode())
+        revision = await self._agents_kv.put(
+            f"{info.namespace}.{info.name}", info.model_dump_json().encode()
+        )
         self._agents[(info.namespace, info.name)] = (revision, info)
 
     async def get_agent(self, namespace: str, name: str) -> AgentInfo | None:
@@ -370,7 +406,9 @@ class NatsStore(TaskStore):
         holder = lifecycle.agent_id(agent.namespace, agent.name)
         if current is None:
             raise UnknownAgent(holder)
-        await self._put_agent(current.model_copy(update={"lastHeartbeat": now, "ready": not draining}))
+        await self._put_agent(
+            current.model_copy(update={"lastHeartbeat": now, "ready": not draining})
+        )
         return list(await asyncio.gather(*(self._extend_one(ref, holder, now) for ref in leases)))
 
     async def _extend_one(self, ref: wire.LeaseRef, holder: str, now: float) -> wire.LeaseStatus:
@@ -385,15 +423,21 @@ class NatsStore(TaskStore):
 
         outcome = await self._mutate(ref.taskId, change)
         if outcome is None:
-            return wire.LeaseStatus(taskId=ref.taskId, attempt=ref.attempt, status="stale",
-                                    message="no such task")
+            return wire.LeaseStatus(
+                taskId=ref.taskId, attempt=ref.attempt, status="stale", message="no such task"
+            )
         _, updated = outcome
         if updated is None:
             status, message = problems[-1]
-            return wire.LeaseStatus(taskId=ref.taskId, attempt=ref.attempt, status=status,
-                                    message=message)
-        return wire.LeaseStatus(taskId=ref.taskId, attempt=ref.attempt, status="extended",
-                                leaseExpiresAt=updated.leaseExpiresAt)
+            return wire.LeaseStatus(
+                taskId=ref.taskId, attempt=ref.attempt, status=status, message=message
+            )
+        return wire.LeaseStatus(
+            taskId=ref.taskId,
+            attempt=ref.attempt,
+            status="extended",
+            leaseExpiresAt=updated.leaseExpiresAt,
+        )
 
     async def claim(self, agent: AgentInfo, max_tasks: int, now: float) -> list[Task]:
         holder = lifecycle.agent_id(agent.namespace, agent.name)
@@ -402,19 +446,30 @@ class NatsStore(TaskStore):
             if room <= 0:
                 return []
             ids = self._mirror.candidates(
-                agent.namespace, agent.fleet, agent.capabilities, room, now, Task.model_validate_json
+                agent.namespace,
+                agent.fleet,
+                agent.capabilities,
+                room,
+                now,
+                Task.model_validate_json,
             )
-            claimed = await asyncio.gather(*(self._claim_one(tid, agent, holder, now) for tid in ids))
+            claimed = await asyncio.gather(
+                *(self._claim_one(tid, agent, holder, now) for tid in ids)
+            )
         return [task for task in claimed if task is not None]
 
-    async def _claim_one(self, task_id: str, agent: AgentInfo, holder: str, now: float) -> Task | None:
+    async def _claim_one(
+        self, task_id: str, agent: AgentInfo, holder: str, now: float
+    ) -> Task | None:
         entry = self._mirror.entries.get(task_id)
         if entry is None:
             return None
         task = Task.model_validate_json(entry.raw)
         if task.phase != "Queued":
             return None
-        started = lifecycle.start_attempt(task, holder, agent.templateHash, now, self.settings.lease_seconds)
+        started = lifecycle.start_attempt(
+            task, holder, agent.templateHash, now, self.settings.lease_seconds
+        )
         try:
             await self._store(started, entry.revision)
         except KeyWrongLastSequenceError:
@@ -438,8 +493,12 @@ class NatsStore(TaskStore):
 
         outcome = await self._mutate(result.taskId, change)
         if outcome is None:
-            ack = wire.ResultAck(taskId=result.taskId, attempt=result.attempt, status="stale",
-                                 message=f"task {result.taskId} does not exist")
+            ack = wire.ResultAck(
+                taskId=result.taskId,
+                attempt=result.attempt,
+                status="stale",
+                message=f"task {result.taskId} does not exist",
+            )
             return Reported(ack, None)
         return Reported(acks[-1], outcome[1])
 
@@ -462,10 +521,13 @@ class NatsStore(TaskStore):
 
     async def running_counts(self, namespace: str, fleet: str) -> dict[str, int]:
         fleet_agents = {
-            lifecycle.agent_id(ns, name) for (ns, name), (_, info) in self._agents.items()
+            lifecycle.agent_id(ns, name)
+            for (ns, name), (_, info) in self._agents.items()
             if ns == namespace and info.fleet == fleet
         }
-        return {a: n for a, n in self._mirror.running_by_agent.items() if a in fleet_agents and n > 0}
+        return {
+            a: n for a, n in self._mirror.running_by_agent.items() if a in fleet_agents and n > 0
+        }
 
     async def queue_depths(self) -> QueueDepths:
         return {key: count for key, count in self._mirror.depths.items() if count > 0}
@@ -477,12 +539,17 @@ class NatsStore(TaskStore):
         }
         fleets = []
         for ns, fl in sorted(keys):
-            phases = {p: mirror.phase_counts[(ns, fl, p)] for p in ("Queued", "Running", "Succeeded",
-                                                                     "Failed", "DeadLettered", "Cancelled")}
-            by_priority = {str(p): c for (n, f, p), c in mirror.depths.items() if (n, f) == (ns, fl) and c > 0}
+            phases = {
+                p: mirror.phase_counts[(ns, fl, p)]
+                for p in ("Queued", "Running", "Succeeded", "Failed", "DeadLettered", "Cancelled")
+            }
+            by_priority = {
+                str(p): c for (n, f, p), c in mirror.depths.items() if (n, f) == (ns, fl) and c > 0
+            }
             agents = [
                 wire.AgentStats(
-                    name=info.name, ready=info.ready,
+                    name=info.name,
+                    ready=info.ready,
                     live=now - info.lastHeartbeat <= self.settings.liveness_seconds,
                     templateHash=info.templateHash,
                     running=mirror.running_by_agent[lifecycle.agent_id(ns, info.name)],
@@ -499,14 +566,27 @@ class NatsStore(TaskStore):
                 succeeded = mirror.template_tally[(ns, fl, template_hash, "Succeeded")]
                 failures = mirror.template_tally[(ns, fl, template_hash, "Failed")]
                 if succeeded + failures:
-                    templates.append(wire.TemplateStats(
-                        templateHash=template_hash, attempts=succeeded + failures, failures=failures,
-                        errorRate=error_rate(succeeded + failures, failures),
-                    ))
-            fleets.append(wire.FleetStats(
-                namespace=ns, fleet=fl, queued=phases["Queued"], queuedByPriority=by_priority,
-                running=phases["Running"], succeeded=phases["Succeeded"], failed=phases["Failed"],
-                deadLettered=phases["DeadLettered"], cancelled=phases["Cancelled"],
-                agents=agents, templates=templates,
-            ))
+                    templates.append(
+                        wire.TemplateStats(
+                            templateHash=template_hash,
+                            attempts=succeeded + failures,
+                            failures=failures,
+                            errorRate=error_rate(succeeded + failures, failures),
+                        )
+                    )
+            fleets.append(
+                wire.FleetStats(
+                    namespace=ns,
+                    fleet=fl,
+                    queued=phases["Queued"],
+                    queuedByPriority=by_priority,
+                    running=phases["Running"],
+                    succeeded=phases["Succeeded"],
+                    failed=phases["Failed"],
+                    deadLettered=phases["DeadLettered"],
+                    cancelled=phases["Cancelled"],
+                    agents=agents,
+                    templates=templates,
+                )
+            )
         return wire.Stats(generatedAt=now, fleets=fleets)

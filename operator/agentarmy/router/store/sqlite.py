@@ -160,7 +160,9 @@ class _GroupCommitWriter:
 
 
 class SqliteStore(TaskStore):
-    def __init__(self, path: str | Path, settings: StoreSettings, synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self, path: str | Path, settings: StoreSettings, synchronous: str = "NORMAL"
+    ) -> None:
         super().__init__(settings)
         self.path = str(path)
         if synchronous.upper() not in ("NORMAL", "FULL"):
@@ -168,7 +170,9 @@ class SqliteStore(TaskStore):
         self.synchronous = synchronous.upper()
         self._writer: _GroupCommitWriter | None = None
         self._reader: sqlite3.Connection | None = None
-        self._reader_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-reader")
+        self._reader_executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sqlite-reader"
+        )
         self._checkpointer: asyncio.Task[None] | None = None
         self._next_seq = 0
 
@@ -188,7 +192,9 @@ class SqliteStore(TaskStore):
         self._reader = _connect(self.path, self.synchronous)
         await self._write(lambda conn: self._grant_restart_grace(conn, now))
         if self.path != ":memory:":
-            self._checkpointer = asyncio.create_task(self._checkpoint_forever(), name="sqlite-checkpoint")
+            self._checkpointer = asyncio.create_task(
+                self._checkpoint_forever(), name="sqlite-checkpoint"
+            )
 
     async def _checkpoint_forever(self, interval: float = 1.0) -> None:
         checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpoint")
@@ -197,7 +203,9 @@ class SqliteStore(TaskStore):
         try:
             while True:
                 await asyncio.sleep(interval)
-                await loop.run_in_executor(checkpoints, conn.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                await loop.run_in_executor(
+                    checkpoints, conn.execute, "PRAGMA wal_checkpoint(PASSIVE)"
+                )
         finally:
             checkpoints.shutdown(wait=True)
             conn.close()
@@ -227,7 +235,9 @@ class SqliteStore(TaskStore):
     def _grant_restart_grace(self, conn: sqlite3.Connection, now: float) -> None:
         rows = conn.execute("SELECT body FROM tasks WHERE phase = 'Running'").fetchall()
         for (body,) in rows:
-            task = lifecycle.restart_grace(Task.model_validate_json(body), now, self.settings.lease_seconds)
+            task = lifecycle.restart_grace(
+                Task.model_validate_json(body), now, self.settings.lease_seconds
+            )
             if task is not None:
                 _update(conn, task)
 
@@ -236,7 +246,9 @@ class SqliteStore(TaskStore):
     async def submit(self, requests: Sequence[wire.SubmitTask], now: float) -> list[Submitted]:
         return await self._write(lambda conn: [self._submit_one(conn, r, now) for r in requests])
 
-    def _submit_one(self, conn: sqlite3.Connection, request: wire.SubmitTask, now: float) -> Submitted:
+    def _submit_one(
+        self, conn: sqlite3.Connection, request: wire.SubmitTask, now: float
+    ) -> Submitted:
         if request.idempotencyKey is not None:
             row = conn.execute(
                 "SELECT body FROM tasks WHERE namespace = ? AND idem_key = ?",
@@ -250,8 +262,18 @@ class SqliteStore(TaskStore):
             "INSERT INTO tasks (id, seq, namespace, fleet, capability, priority, phase, available_at,"
             " expires_at, agent, parent, idem_key, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
-                task.id, task.seq, task.namespace, task.fleet, task.capability, task.priority,
-                task.phase, task.availableAt, None, "", task.parentTaskId, task.idempotencyKey,
+                task.id,
+                task.seq,
+                task.namespace,
+                task.fleet,
+                task.capability,
+                task.priority,
+                task.phase,
+                task.availableAt,
+                None,
+                "",
+                task.parentTaskId,
+                task.idempotencyKey,
                 task.model_dump_json(),
             ),
         )
@@ -266,7 +288,9 @@ class SqliteStore(TaskStore):
     async def list_tasks(self, query: TaskQuery) -> list[Task]:
         clauses, params = ["seq > ?"], list[object]([query.after_seq or 0])
         for column, value in (
-            ("namespace", query.namespace), ("fleet", query.fleet), ("phase", query.phase),
+            ("namespace", query.namespace),
+            ("fleet", query.fleet),
+            ("phase", query.phase),
             ("parent", query.parent),
         ):
             if value is not None:
@@ -379,7 +403,9 @@ class SqliteStore(TaskStore):
                 task = _load(conn, result.taskId)
                 if task is None:
                     ack = wire.ResultAck(
-                        taskId=result.taskId, attempt=result.attempt, status="stale",
+                        taskId=result.taskId,
+                        attempt=result.attempt,
+                        status="stale",
                         message=f"task {result.taskId} does not exist",
                     )
                     reported.append(Reported(ack, None))
@@ -451,10 +477,14 @@ class SqliteStore(TaskStore):
             holder = lifecycle.agent_id(info.namespace, info.name)
             fleet(info.namespace, info.fleet)["agents"].append(
                 wire.AgentStats(
-                    name=info.name, ready=info.ready,
+                    name=info.name,
+                    ready=info.ready,
                     live=now - info.lastHeartbeat <= self.settings.liveness_seconds,
-                    templateHash=info.templateHash, running=running.get(holder, 0),
-                    succeeded=succeeded, failed=failed, lastHeartbeat=info.lastHeartbeat,
+                    templateHash=info.templateHash,
+                    running=running.get(holder, 0),
+                    succeeded=succeeded,
+                    failed=failed,
+                    lastHeartbeat=info.lastHeartbeat,
                 )
             )
         for ns, name, template_hash, attempts, failures in conn.execute(
@@ -462,7 +492,9 @@ class SqliteStore(TaskStore):
         ):
             fleet(ns, name)["templates"].append(
                 wire.TemplateStats(
-                    templateHash=template_hash, attempts=attempts, failures=failures,
+                    templateHash=template_hash,
+                    attempts=attempts,
+                    failures=failures,
                     errorRate=error_rate(attempts, failures),
                 )
             )
@@ -473,8 +505,13 @@ class SqliteStore(TaskStore):
 
 
 _PHASE_FIELDS = {
-    "Queued": "queued", "Running": "running", "Succeeded": "succeeded", "Failed": "failed",
-    "DeadLettered": "deadLettered", "Cancelled": "cancelled", "Pending": "queued",
+    "Queued": "queued",
+    "Running": "running",
+    "Succeeded": "succeeded",
+    "Failed": "failed",
+    "DeadLettered": "deadLettered",
+    "Cancelled": "cancelled",
+    "Pending": "queued",
 }
 
 
@@ -515,12 +552,23 @@ def _update(conn: sqlite3.Connection, task: Task) -> None:
     conn.execute(
         "UPDATE tasks SET phase = ?, available_at = ?, expires_at = ?, agent = ?, body = ?"
         " WHERE id = ?",
-        (task.phase, task.availableAt, _expires_at(task), task.agent, task.model_dump_json(), task.id),
+        (
+            task.phase,
+            task.availableAt,
+            _expires_at(task),
+            task.agent,
+            task.model_dump_json(),
+            task.id,
+        ),
     )
 
 
 def _extend_one(
-    conn: sqlite3.Connection, task: Task | None, ref: wire.LeaseRef, holder: str, now: float,
+    conn: sqlite3.Connection,
+    task: Task | None,
+    ref: wire.LeaseRef,
+    holder: str,
+    now: float,
     lease_seconds: float,
 ) -> wire.LeaseStatus:
     if task is None:
@@ -530,11 +578,15 @@ def _extend_one(
     problem = lifecycle.fence_problem(task, ref, holder)
     if problem is not None:
         status = "cancelled" if task.phase == "Cancelled" else "stale"
-        return wire.LeaseStatus(taskId=ref.taskId, attempt=ref.attempt, status=status, message=problem)
+        return wire.LeaseStatus(
+            taskId=ref.taskId, attempt=ref.attempt, status=status, message=problem
+        )
     extended = lifecycle.extend_lease(task, now, lease_seconds)
     _update(conn, extended)
     return wire.LeaseStatus(
-        taskId=ref.taskId, attempt=ref.attempt, status="extended",
+        taskId=ref.taskId,
+        attempt=ref.attempt,
+        status="extended",
         leaseExpiresAt=extended.leaseExpiresAt,
     )
 
@@ -563,4 +615,3 @@ def parse_options(query: str) -> dict[str, str]:
     """``synchronous=full&x=y`` -> dict (the query part of a sqlite:// store URL)."""
     pairs = (part.split("=", 1) for part in query.split("&") if "=" in part)
     return {key: value for key, value in pairs}
-
