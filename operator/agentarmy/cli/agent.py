@@ -63,8 +63,8 @@ def _register_router(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 
 
 def _run_router(args: argparse.Namespace) -> int:
+    from agentarmy.logs import configure_json_logging
     from agentarmy.router.auth import KubeAccess
-    from agentarmy.router.decisions import configure_json_logging
     from agentarmy.router.server import RouterConfig, serve
 
     configure_json_logging(args.log_level)
@@ -116,7 +116,7 @@ def _register_agent(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def _run_agent(args: argparse.Namespace) -> int:
     from agentarmy.agent.runtime import run_from_environment
-    from agentarmy.router.decisions import configure_json_logging
+    from agentarmy.logs import configure_json_logging
 
     configure_json_logging(args.log_level)
     if not os.environ.get(runtime_env.ROUTER_URL):

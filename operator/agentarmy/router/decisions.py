@@ -7,7 +7,6 @@ fleet, attempt and agent, so ``grep <traceId>`` follows a task from submit to re
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -36,7 +35,7 @@ def decide(event: str, task: Task, **fields: Any) -> None:
         "agent": task.agent,
         **fields,
     }
-    decision_log.info("%s", event, extra={"decision": record})
+    decision_log.info("%s", event, extra={"fields": record})  # top-level keys (agentarmy.logs)
 
 
 def attempt_ended(task: Task) -> None:
@@ -51,31 +50,3 @@ def attempt_ended(task: Task) -> None:
         decide(
             _EVENT_BY_PHASE.get(task.phase, task.phase), task, reason=task.error, outcome=outcome
         )
-
-
-class JsonFormatter(logging.Formatter):
-    """Every log line as one JSON object; decision fields go at the top level."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": round(record.created, 6),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-        }
-        decision = getattr(record, "decision", None)
-        if decision is not None:
-            line.update(decision)
-        else:
-            line["msg"] = record.getMessage()
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, separators=(",", ":"), default=str)
-
-
-def configure_json_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
