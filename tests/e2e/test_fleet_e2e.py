@@ -5,6 +5,7 @@ seen (Degraded), replaced, and no accepted task is lost."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -135,3 +136,69 @@ def test_demo_command_shows_results() -> None:
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "10/10 tasks succeeded" in out.stdout
+
+
+def test_fleet_autoscales_on_queue_depth(cluster: Any, stack: Stack) -> None:
+    ns = stack.namespace
+    fleet = {
+        "apiVersion": "agentarmy.io/v1alpha1",
+        "kind": "Fleet",
+        "metadata": {"name": "elastic"},
+        "spec": {
+            "replicas": 1,
+            "template": {"spec": {"capabilities": ["slow"], "skills": {"slow": "test"}}},
+            "autoscaling": {
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "targetQueueDepthPerAgent": 2,
+                "scaleDownStabilization": "8s",
+            },
+        },
+    }
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(fleet))
+    cluster.kubectl("wait", "-n", ns, "--for=condition=Available", "fleet/elastic", "--timeout=60s")
+    asyncio.run(wait_for_agents(stack.router_url, stack.admin_token, ns, 4))  # 3 echo + 1
+
+    async def submit_slow_work() -> list[str]:
+        async with RouterClient(stack.router_url, stack.client_token) as client:
+            done = await client.submit_batch(
+                [
+                    wire.SubmitTask(
+                        namespace=ns,
+                        fleet="elastic",
+                        capability="slow",
+                        input={"sleep": 2},
+                        timeout="30s",
+                    )
+                    for _ in range(16)
+                ]
+            )
+            return [r.task.id for r in done.results]
+
+    ids = asyncio.run(submit_slow_work())
+
+    def replicas() -> int:
+        return int(get_json(cluster, "fleet", "elastic", "-n", ns)["spec"]["replicas"])
+
+    wait_for(lambda: replicas() == 3, 60, what="the fleet to scale up to maxReplicas")
+    events = cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "involvedObject.name=elastic,reason=Autoscaled",
+    ).stdout
+    assert "scaled from 1 to 3 agents" in events
+
+    async def wait_all() -> list[wire.Task]:
+        async with RouterClient(stack.router_url, stack.client_token) as client:
+            return list(await asyncio.gather(*(client.wait(i, timeout_seconds=60) for i in ids)))
+
+    assert [t.phase for t in asyncio.run(wait_all())] == ["Succeeded"] * 16
+    wait_for(lambda: replicas() == 1, 60, what="the fleet to scale back down after the window")
+
+    def agents_follow() -> bool:
+        return get_json(cluster, "fleet", "elastic", "-n", ns)["status"].get("replicas") == 1
+
+    wait_for(agents_follow, 60, what="agents to follow the scale-down")

@@ -60,6 +60,7 @@ def can(cluster: Any, who: str, verb: str, resource: str, namespace: str = "defa
         ("create", "pods", True),
         ("create", "events", True),
         ("update", "fleets.agentarmy.io", False),  # spec belongs to users
+        ("patch", "fleets.agentarmy.io/scale", True),  # the autoscaler, like an HPA
         ("get", "secrets", False),  # API keys stay by reference
         ("create", "pods/exec", False),
         ("create", "deployments.apps", False),

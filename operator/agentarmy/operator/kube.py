@@ -81,6 +81,21 @@ class Kube:
                 return
             raise
 
+    async def scale(self, kind: str, namespace: str, name: str, replicas: int) -> None:
+        """Set spec.replicas through the scale subresource (as an HPA does)."""
+        metrics.API_WRITES.labels("patch-scale", kind).inc()
+        try:
+            await self.client.patch(
+                RESOURCES[kind].Scale,
+                name,
+                {"spec": {"replicas": replicas}},
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+            )
+        except ApiError as err:
+            self._failed("patch-scale", kind, err)
+            raise
+
     async def event(self, involved: dict[str, str], type_: str, reason: str, message: str) -> None:
         """Post a core/v1 Event about a resource; failures are logged, never raised."""
         now = now_rfc3339()

@@ -1,4 +1,4 @@
-"""Router figures into Agent and Fleet status, at a coarse interval.
+"""Router figures into Agent and Fleet status, and autoscaling, at a coarse interval.
 
 Task traffic never touches etcd: the router counts, and this loop copies the
 counts (tasks succeeded/failed, last heartbeat, queue depth) into status once
@@ -15,10 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lightkube import ApiError
+from pydantic import ValidationError
 
 from agentarmy.api import wire
-from agentarmy.operator.cache import Cache
-from agentarmy.operator.kube import Kube
+from agentarmy.api.fleet import FleetSpec
+from agentarmy.operator import autoscale
+from agentarmy.operator.cache import Cache, FleetView
+from agentarmy.operator.kube import Kube, involved
 from agentarmy.router.client import RouterClient
 
 log = logging.getLogger("agentarmy.operator.stats")
@@ -48,6 +51,7 @@ def agent_news(status: dict[str, Any], figures: wire.AgentStats, now: float) -> 
 
 class StatsSync:
     def __init__(self, cache: Cache, kube: Kube, client: RouterClient, interval: float) -> None:
+        self.recommendations = autoscale.Recommendations()
         self.cache = cache
         self.kube = kube
         self.client = client
@@ -80,7 +84,10 @@ class StatsSync:
                 ):
                     writes += 1
             view = self.cache.fleet(fleet.namespace, fleet.fleet)
-            if view is None or view.deleting or view.status.get("queueDepth", 0) == fleet.queued:
+            if view is None or view.deleting:
+                continue
+            writes += await self._autoscale(view, fleet, now)
+            if view.status.get("queueDepth", 0) == fleet.queued:
                 continue
             news = {"queueDepth": fleet.queued}
             if await self._patch(
@@ -88,6 +95,39 @@ class StatsSync:
             ):
                 writes += 1
         return writes
+
+    async def _autoscale(self, view: FleetView, fleet: wire.FleetStats, now: float) -> int:
+        try:
+            spec = FleetSpec.model_validate(view.spec)
+        except ValidationError:
+            return 0  # the fleet reconciler reports the invalid spec
+        key = (view.namespace, view.name)
+        if spec.autoscaling is None or not spec.autoscaling.enabled or spec.replicas == 0:
+            self.recommendations.forget(key)
+            return 0
+        wish = autoscale.wanted(spec.autoscaling, fleet.queued, fleet.running)
+        target = self.recommendations.decide(key, spec.autoscaling, spec.replicas, wish, now)
+        if target == spec.replicas:
+            return 0
+        await self.kube.scale("Fleet", view.namespace, view.name, target)
+        message = (
+            f"scaled from {spec.replicas} to {target} agents: {fleet.queued} queued and "
+            f"{fleet.running} running tasks, target "
+            f"{spec.autoscaling.targetQueueDepthPerAgent} per agent"
+        )
+        log.info(
+            "autoscaled fleet",
+            extra={
+                "namespace": view.namespace,
+                "fleet": view.name,
+                "from": spec.replicas,
+                "to": target,
+            },
+        )
+        await self.kube.event(
+            involved("Fleet", view.namespace, view.name, view.uid), "Normal", "Autoscaled", message
+        )
+        return 2
 
     async def _patch(
         self, kind: str, namespace: str, name: str, status: dict[str, Any], resource_version: str
