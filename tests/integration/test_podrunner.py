@@ -510,7 +510,9 @@ def test_expansion_and_mount_rewriting() -> None:
     assert rewrite("/var/run/secrets/agentarmy.io/token", mounts) == "/l/tok/token"
     assert rewrite("/var/run/secrets/agentarmy.io", mounts) == "/l/tok"
     assert rewrite("/variable", mounts) == "/variable"
-    assert rewrite("/var/log", mounts) == "/l/var/log"
+    assert rewrite("/var/agentarmy-absent/log", mounts) == "/l/var/agentarmy-absent/log"
+    # A path that exists here (e.g. the interpreter in a checkout under /tmp) stays.
+    assert rewrite("/var/tmp", mounts) == "/var/tmp"
 
 
 def test_exit_status_for_a_signal() -> None:

@@ -239,11 +239,16 @@ def mount_map(container: Container, volumes: PodVolumes) -> list[tuple[str, Path
 
 
 def rewrite(value: str, mounts: list[tuple[str, Path]]) -> str:
-    """A value that names a path under a mount, pointed at the mount's local directory."""
+    """A value that names a path under a mount, pointed at the mount's local directory.
+
+    A path that exists on this machine is left alone: the interpreter itself
+    may live under a mount path (a checkout in /tmp, with /tmp mounted), and
+    must not be pointed into the pod's empty volume.
+    """
     for mount_path, local in mounts:
         if value == mount_path:
             return str(local)
-        if value.startswith(mount_path + "/"):
+        if value.startswith(mount_path + "/") and not Path(value).exists():
             return str(local) + value[len(mount_path) :]
     return value
 
