@@ -198,27 +198,26 @@ def render_kustomization() -> str:
     return HEADER + yaml.safe_dump(body, sort_keys=False)
 
 
-def write(output: Path) -> list[Path]:
+def _write_crds(output: Path) -> list[Path]:
     output.mkdir(parents=True, exist_ok=True)
     written = []
     for resource in RESOURCES:
         path = output / f"{resource.crd_name}.yaml"
         path.write_text(render(resource))
         written.append(path)
+    return written
+
+
+def write(output: Path) -> list[Path]:
+    """The CRDs and their kustomization (what `kubectl apply -k crds` installs)."""
+    written = _write_crds(output)
     kustomization = output / "kustomization.yaml"
     kustomization.write_text(render_kustomization())
-    written.append(kustomization)
-    return written
+    return [*written, kustomization]
 
 
 def write_helm_copies(output: Path) -> list[Path]:
-    output.mkdir(parents=True, exist_ok=True)
-    written = []
-    for resource in RESOURCES:
-        path = output / f"{resource.crd_name}.yaml"
-        path.write_text(render(resource))
-        written.append(path)
-    return written
+    return _write_crds(output)
 
 
 def main(argv: list[str] | None = None) -> int:
