@@ -29,10 +29,12 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 def make_store(kind: str, tmp_path: Path, nats_url: str, prefix: str) -> TaskStore:
     if kind == "sqlite":
         return SqliteStore(tmp_path / "router.db", SETTINGS)
+    if kind == "sqlite-full":  # batches on a writer thread, reads on a reader thread
+        return SqliteStore(tmp_path / "router.db", SETTINGS, synchronous="full")
     return NatsStore(nats_url, SETTINGS, prefix=prefix)
 
 
-@pytest.fixture(params=["sqlite", "nats"])
+@pytest.fixture(params=["sqlite", "sqlite-full", "nats"])
 async def store_factory(
     request: pytest.FixtureRequest, tmp_path: Path, nats_server: NatsServer
 ) -> AsyncIterator[tuple[str, object]]:
