@@ -32,10 +32,11 @@ class _Waiter:
     max_tasks: int
     future: asyncio.Future[list[Task]]
     order: int = field(default_factory=lambda: next(_order))
+    holder: str = ""
+    """namespace/name, as the store counts running leases (computed once, sorted on often)."""
 
-    @property
-    def holder(self) -> str:
-        return lifecycle.agent_id(self.agent.namespace, self.agent.name)
+    def __post_init__(self) -> None:
+        self.holder = lifecycle.agent_id(self.agent.namespace, self.agent.name)
 
 
 class Dispatcher:

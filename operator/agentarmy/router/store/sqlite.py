@@ -164,6 +164,14 @@ class _GroupCommitWriter:
         outcomes: list[Any] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if len(operations) == 1:  # alone in its transaction: no savepoint needed
+                try:
+                    outcomes.append(operations[0](conn))
+                except Exception as error:
+                    conn.execute("ROLLBACK")
+                    return [error]
+                conn.execute("COMMIT")
+                return outcomes
             for operation in operations:
                 conn.execute("SAVEPOINT op")
                 try:
