@@ -9,7 +9,12 @@ from typing import Any
 
 from agentarmy.devcluster.operator_process import OPERATOR_NAMESPACE, OperatorProcess
 
-__all__ = ["OPERATOR_NAMESPACE", "OperatorProcess", "get_json", "ready", "wait_for"]
+__all__ = ["OPERATOR_NAMESPACE", "OperatorProcess", "apply", "get_json", "ready", "wait_for"]
+
+
+def apply(cluster: Any, namespace: str, manifest: str) -> None:
+    """`kubectl apply` a manifest given as text into ``namespace``."""
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
 
 
 def wait_for(

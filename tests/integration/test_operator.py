@@ -14,6 +14,7 @@ import pytest
 from tests.integration.operator_process import (
     OPERATOR_NAMESPACE,
     OperatorProcess,
+    apply,
     get_json,
     ready,
     wait_for,
@@ -85,7 +86,7 @@ def wait_fleet(cluster: Any, namespace: str, name: str, replicas: int, timeout: 
 def test_fleet_makes_agents_and_pods(
     cluster: Any, namespace: str, operator: OperatorProcess
 ) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=fleet_manifest("crew", 5))
+    apply(cluster, namespace, fleet_manifest("crew", 5))
     cluster.kubectl(
         "wait", "-n", namespace, "--for=condition=Available", "fleet/crew", "--timeout=60s"
     )
@@ -122,12 +123,12 @@ def test_pods_pass_restricted_pod_security(
     cluster.kubectl(
         "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
     )
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=fleet_manifest("strict", 2))
+    apply(cluster, namespace, fleet_manifest("strict", 2))
     wait_fleet(cluster, namespace, "strict", 2)
 
 
 def test_scale_up_and_down(cluster: Any, namespace: str, operator: OperatorProcess) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=fleet_manifest("elastic", 5))
+    apply(cluster, namespace, fleet_manifest("elastic", 5))
     wait_fleet(cluster, namespace, "elastic", 5)
     cluster.kubectl("scale", "-n", namespace, "fleet/elastic", "--replicas=12")
     wait_fleet(cluster, namespace, "elastic", 12)
@@ -140,7 +141,7 @@ def test_rolling_update_keeps_enough_agents_ready(
     cluster: Any, namespace: str, operator: OperatorProcess
 ) -> None:
     replicas, max_unavailable = 6, 1
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=fleet_manifest("roll", replicas))
+    apply(cluster, namespace, fleet_manifest("roll", replicas))
     wait_fleet(cluster, namespace, "roll", replicas)
     old_hash = get_json(cluster, "fleet", "roll", "-n", namespace)["status"]["currentTemplateHash"]
 
@@ -160,14 +161,7 @@ def test_rolling_update_keeps_enough_agents_ready(
     watcher = threading.Thread(target=watch_readiness)
     watcher.start()
     try:
-        cluster.kubectl(
-            "apply",
-            "-n",
-            namespace,
-            "-f",
-            "-",
-            input=fleet_manifest("roll", replicas, image_tag="2"),
-        )
+        apply(cluster, namespace, fleet_manifest("roll", replicas, image_tag="2"))
         wait_for(
             lambda: (
                 get_json(cluster, "fleet", "roll", "-n", namespace)["status"].get(
@@ -192,7 +186,7 @@ def test_rolling_update_keeps_enough_agents_ready(
 
 
 def test_deleted_pod_comes_back(cluster: Any, namespace: str, operator: OperatorProcess) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=fleet_manifest("heal", 1))
+    apply(cluster, namespace, fleet_manifest("heal", 1))
     wait_fleet(cluster, namespace, "heal", 1)
     (pod,) = pods(cluster, namespace)
     cluster.kubectl("delete", "pod", "-n", namespace, pod["metadata"]["name"], "--wait=false")
@@ -212,7 +206,7 @@ def test_deleted_pod_comes_back(cluster: Any, namespace: str, operator: Operator
 def test_delete_fleet_leaves_nothing(
     cluster: Any, namespace: str, operator: OperatorProcess
 ) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=fleet_manifest("gone", 3))
+    apply(cluster, namespace, fleet_manifest("gone", 3))
     wait_fleet(cluster, namespace, "gone", 3)
     cluster.kubectl("delete", "fleet", "gone", "-n", namespace, "--wait=true", "--timeout=60s")
     wait_for(
@@ -240,7 +234,7 @@ def test_standalone_agent_gets_a_pod(
             },
         },
     }
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(agent))
+    apply(cluster, namespace, json.dumps(agent))
     cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "agent/solo", "--timeout=60s")
     pod = get_json(cluster, "pod", "solo", "-n", namespace)
     env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
@@ -265,11 +259,11 @@ def test_agent_spec_change_replaces_its_pod(
         "metadata": {"name": "a1"},
         "spec": {"capabilities": ["echo"], "concurrency": 1},
     }
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(agent))
+    apply(cluster, namespace, json.dumps(agent))
     cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "agent/a1", "--timeout=60s")
     first = get_json(cluster, "pod", "a1", "-n", namespace)["metadata"]["uid"]
     agent["spec"]["concurrency"] = 3
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(agent))
+    apply(cluster, namespace, json.dumps(agent))
 
     def replaced() -> bool:
         out = cluster.kubectl("get", "pod", "a1", "-n", namespace, "-o", "json", check=False)

@@ -11,6 +11,7 @@ import pytest
 from tests.integration.operator_process import (
     OPERATOR_NAMESPACE,
     OperatorProcess,
+    apply,
     get_json,
     wait_for,
 )
@@ -54,23 +55,9 @@ def test_sigkill_mid_rollout_then_restart_converges(cluster: Any, namespace: str
     second = OperatorProcess(cluster.kubeconfig, "restart-b", LEASE_SECONDS)
     try:
         wait_for(first.is_leader, 40, what="first operator to lead")
-        cluster.kubectl(
-            "apply",
-            "-n",
-            namespace,
-            "-f",
-            "-",
-            input=fleet_manifest("phoenix", 8, min_ready_seconds=2),
-        )
+        apply(cluster, namespace, fleet_manifest("phoenix", 8, min_ready_seconds=2))
         wait_fleet(cluster, namespace, "phoenix", 8)
-        cluster.kubectl(
-            "apply",
-            "-n",
-            namespace,
-            "-f",
-            "-",
-            input=fleet_manifest("phoenix", 8, image_tag="2", min_ready_seconds=2),
-        )
+        apply(cluster, namespace, fleet_manifest("phoenix", 8, image_tag="2", min_ready_seconds=2))
 
         def mid_rollout() -> bool:
             status = get_json(cluster, "fleet", "phoenix", "-n", namespace).get("status", {})
@@ -99,7 +86,7 @@ def test_two_replicas_one_leader_and_bounded_failover(cluster: Any, namespace: s
             lambda: next((r for r in replicas if r.is_leader()), None), 40, what="a leader"
         )
         standby = next(r for r in replicas if r is not leader)
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=fleet_manifest("duo", 5))
+        apply(cluster, namespace, fleet_manifest("duo", 5))
         wait_fleet(cluster, namespace, "duo", 5)
         # Watch both for a while: never two leaders, and the standby never reconciles.
         deadline = time.monotonic() + 5

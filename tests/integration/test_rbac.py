@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from agentarmy.devcluster.operator_process import OperatorProcess
-from tests.integration.operator_process import wait_for
+from tests.integration.operator_process import apply, wait_for
 from tests.integration.test_operator import fleet_manifest, wait_fleet
 
 pytestmark = pytest.mark.integration
@@ -145,7 +145,7 @@ def test_operator_runs_with_only_its_rbac(
     operator.start()
     try:
         wait_for(operator.is_leader, 40, what="the operator to lead under its own RBAC")
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=fleet_manifest("least", 3))
+        apply(cluster, namespace, fleet_manifest("least", 3))
         wait_fleet(cluster, namespace, "least", 3)
         cluster.kubectl("scale", "-n", namespace, "fleet/least", "--replicas=1")
         wait_fleet(cluster, namespace, "least", 1)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -99,12 +98,6 @@ class Model(BaseModel):
     """Base for every API model: camelCase on the wire, unknown fields refused."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, use_enum_values=True)
-
-
-class ConditionStatus(StrEnum):
-    TRUE = "True"
-    FALSE = "False"
-    UNKNOWN = "Unknown"
 
 
 class Condition(Model):
@@ -267,10 +260,3 @@ class ObjectMetaTemplate(Model):
     annotations: dict[str, Annotated[str, StringConstraints(max_length=4096)]] = Field(
         default_factory=dict, max_length=64, description="Annotations to set."
     )
-
-
-class ObjectReference(Model):
-    """A namespaced reference to another object."""
-
-    name: DNSLabel = Field(description="Name of the object.")
-    namespace: DNSLabel | None = Field(default=None, description="Namespace; defaults to own.")

@@ -21,7 +21,7 @@ from agentarmy.api.resources import CATEGORY, RESOURCES, Resource
 
 Schema = dict[str, Any]
 
-_DROP_KEYS = {"title", "examples", "$schema", "additionalProperties_", "propertyNames"}
+_DROP_KEYS = {"title", "examples", "$schema", "propertyNames"}
 
 
 def _resolve(schema: Schema, defs: dict[str, Schema]) -> Schema:
@@ -41,9 +41,11 @@ def structural(schema: Schema, defs: dict[str, Schema]) -> Schema:
     """Translate one pydantic JSON schema node into a structural OpenAPI v3 node."""
     schema = _resolve(schema, defs)
     if schema.get("x-kubernetes-int-or-string"):
-        node = {k: v for k, v in schema.items() if k not in ("anyOf", "title", "examples")}
-        node.pop("default", None) if schema.get("default") is None else None
-        return node
+        return {
+            k: v
+            for k, v in schema.items()
+            if k not in ("anyOf", "title", "examples") and not (k == "default" and v is None)
+        }
     if "anyOf" in schema:
         options = _without_null(schema["anyOf"])
         if len(options) != 1:
@@ -89,7 +91,9 @@ def _clean(schema: Schema, defs: dict[str, Schema]) -> Schema:
             node["maximum"], node["exclusiveMaximum"] = value, True
         elif key == "const":
             node["enum"] = [value]
-        elif (key == "default" and value is None) or (key in ("minItems", "maxItems") and schema.get("type") != "array"):
+        elif (key == "default" and value is None) or (
+            key in ("minItems", "maxItems") and schema.get("type") != "array"
+        ):
             continue
         else:
             node[key] = value

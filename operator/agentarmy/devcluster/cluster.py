@@ -23,7 +23,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,10 +226,6 @@ class DevCluster(KubectlAccess):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-    # -- helpers for callers ---------------------------------------------------
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
 
     # -- internals -------------------------------------------------------------
     def _write_pki(self) -> None:
@@ -569,14 +564,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def running(**kwargs: Any) -> Iterator[DevCluster]:
-    cluster = DevCluster(**kwargs)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-__all__ = ["BinaryError", "ClusterError", "DevCluster", "run_kubectl", "running", "stop_detached"]
+__all__ = [
+    "BinaryError",
+    "ClusterError",
+    "DevCluster",
+    "ExistingCluster",
+    "run_kubectl",
+    "stop_detached",
+]

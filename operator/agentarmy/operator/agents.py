@@ -105,8 +105,6 @@ def agent_status(
 
 
 class AgentReconciler:
-    kind = "Agent"
-
     def __init__(self, cache: Cache, kube: Kube, ctx: PodContext) -> None:
         self.cache = cache
         self.kube = kube

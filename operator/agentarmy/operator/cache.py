@@ -16,6 +16,18 @@ from typing import Any
 from agentarmy.operator import labels
 
 
+def _identity(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every object view takes from its metadata."""
+    return {
+        "namespace": meta["namespace"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "resource_version": meta.get("resourceVersion", ""),
+        "generation": int(meta.get("generation", 0)),
+        "deleting": bool(meta.get("deletionTimestamp")),
+    }
+
+
 def _ready_condition(status: Mapping[str, Any]) -> tuple[bool, str]:
     for condition in status.get("conditions") or []:
         if condition.get("type") == "Ready":
@@ -91,13 +103,8 @@ class AgentView:
             (o["uid"] for o in meta.get("ownerReferences") or [] if o.get("controller")), ""
         )
         return cls(
-            namespace=meta["namespace"],
-            name=meta["name"],
-            uid=meta["uid"],
-            resource_version=meta.get("resourceVersion", ""),
-            generation=int(meta.get("generation", 0)),
+            **_identity(meta),
             created=meta.get("creationTimestamp", ""),
-            deleting=bool(meta.get("deletionTimestamp")),
             labels=dict(meta.get("labels") or {}),
             owner_uid=owner,
             ready=ready,
@@ -105,10 +112,6 @@ class AgentView:
             spec=spec,
             status=status,
         )
-
-    @property
-    def fleet(self) -> str:
-        return self.labels.get(labels.FLEET, "")
 
     @property
     def template_hash(self) -> str:
@@ -131,12 +134,7 @@ class FleetView:
         cls, meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any]
     ) -> FleetView:
         return cls(
-            namespace=meta["namespace"],
-            name=meta["name"],
-            uid=meta["uid"],
-            resource_version=meta.get("resourceVersion", ""),
-            generation=int(meta.get("generation", 0)),
-            deleting=bool(meta.get("deletionTimestamp")),
+            **_identity(meta),
             spec=spec,
             status=status,
         )

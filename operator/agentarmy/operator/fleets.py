@@ -64,8 +64,6 @@ def agent_body(fleet: FleetView, spec: FleetSpec, name: str, hash_: str) -> dict
 
 
 class FleetReconciler:
-    kind = "Fleet"
-
     def __init__(self, cache: Cache, kube: Kube) -> None:
         self.cache = cache
         self.kube = kube
