@@ -149,11 +149,14 @@ def test_operator_runs_with_only_its_rbac(
         wait_fleet(cluster, namespace, "least", 3)
         cluster.kubectl("scale", "-n", namespace, "fleet/least", "--replicas=1")
         wait_fleet(cluster, namespace, "least", 1)
-        errors = [
-            k
-            for k, v in operator.metrics().items()
-            if k.startswith("agentarmy_operator_api_errors_total") and 'code="403"' in k and v > 0
+        # RBAC denials name the ServiceAccount ("User ... cannot ..."). Other 403s are
+        # expected: Agents left in namespaces of earlier tests that are still
+        # terminating may not get new Pods.
+        denied = [
+            line
+            for line in operator.log.read_text().splitlines()
+            if f'User \\"{OPERATOR_SA}\\" cannot' in line
         ]
-        assert errors == [], f"forbidden requests: {errors}\n{operator.tail()}"
+        assert denied == [], "RBAC denied the operator:\n" + "\n".join(denied)
     finally:
         operator.stop()
