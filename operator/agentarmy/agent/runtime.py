@@ -22,6 +22,7 @@ import aiohttp
 from agentarmy.agent.settings import AgentSettings
 from agentarmy.agent.skills import Skill, SkillFailed, TaskContext, load_skills, tool_skills
 from agentarmy.api import wire
+from agentarmy.heap import freeze_startup_objects
 from agentarmy.router.client import RouterClient, RouterError, TokenSource
 
 log = logging.getLogger("agentarmy.agent")
@@ -58,6 +59,7 @@ class AgentRuntime:
         self._results: list[wire.TaskResult] = []
         self._results_ready = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        """Set when a task ends, and by stop(): what a full claim loop waits for."""
         self._polling = False
         self.completed = 0
 
@@ -69,6 +71,7 @@ class AgentRuntime:
 
     async def run(self) -> None:
         await self._register()
+        freeze_startup_objects()
         background = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._flush_loop(), name="flush-results"),
@@ -89,6 +92,7 @@ class AgentRuntime:
 
     def stop(self) -> None:
         self.stopping.set()
+        self._slot_freed.set()
 
     async def _register(self) -> None:
         registration = wire.RegisterAgent(
@@ -148,7 +152,7 @@ class AgentRuntime:
         while not self.stopping.is_set():
             if self.free_slots <= 0:
                 self._slot_freed.clear()
-                await _first(self._slot_freed, self.stopping)
+                await self._slot_freed.wait()
                 continue
             results = self._take_results()
             request = wire.ClaimRequest(
@@ -235,7 +239,8 @@ class AgentRuntime:
         )
         timeout = max(0.001, lease.deadlineAt - time.time())
         try:
-            outcome = await asyncio.wait_for(skill.run(context), timeout)
+            async with asyncio.timeout(timeout):  # no extra task per run, unlike wait_for
+                outcome = await skill.run(context)
         except TimeoutError:
             return failed(f"skill {skill.name} timed out after {timeout:.1f}s")
         except SkillFailed as error:
@@ -345,15 +350,6 @@ class AgentRuntime:
         log.warning("stopping task %s: lease %s (%s)", task_id, why, message)
         running.dropped = why
         running.task.cancel()
-
-
-async def _first(*events: asyncio.Event) -> None:
-    waiters = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 async def run_agent(settings: AgentSettings, drain_seconds: float) -> None:

@@ -1,20 +1,17 @@
-"""The router's HTTP API (Starlette). One table of endpoints drives both the routes
+"""The router's HTTP API (plain ASGI). One table of endpoints drives both the routes
 and the OpenAPI document, so the document cannot drift from what is served."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from agentarmy.api import wire
 from agentarmy.api.common import DNS_LABEL_PATTERN, parse_duration
@@ -29,7 +26,8 @@ from agentarmy.router.store.base import TaskQuery
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
-JSON = "application/json"
+JSON = b"application/json"
+PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass
@@ -337,15 +335,54 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 
 
 # -- plumbing ---------------------------------------------------------------------------------
+#
+# A plain ASGI application: one compiled pattern per path and nothing else between the server
+# and a handler. Every call of an agent or caller passes here, so each layer a framework adds
+# (middleware, request objects) is paid on every task; measured on 2 cores, Starlette's own
+# layers cost about as much as a whole no-op request under uvicorn.
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+PlainHandler = Callable[[Scope, Receive], Awaitable[tuple[int, bytes, bytes]]]
+"""(status, content type, body) for the few routes outside the endpoint table."""
 
 
-def error_response(error: ApiError) -> Response:
-    return Response(error.body().model_dump_json(exclude_none=True), error.status, media_type=JSON)
+@dataclass
+class _Route:
+    pattern: re.Pattern[str]
+    endpoints: dict[str, Endpoint]
+    plain: dict[str, PlainHandler]
+
+    @property
+    def methods(self) -> list[str]:
+        names = [*self.endpoints, *self.plain]
+        return [*names, "HEAD"] if "GET" in names else names
 
 
-async def _principal(request: Request, authenticator: Authenticator) -> Principal:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def _compile(template: str) -> re.Pattern[str]:
+    """``/v1/tasks/{task_id}`` -> a pattern with one named group per path parameter."""
+    parts = re.split(r"\{([a-z_]+)\}", template)
+    regex = "".join(
+        re.escape(part) if index % 2 == 0 else f"(?P<{part}>[^/]+)"
+        for index, part in enumerate(parts)
+    )
+    return re.compile(f"^{regex}$")
+
+
+def error_response(error: ApiError) -> tuple[int, bytes]:
+    return error.status, error.body().model_dump_json(exclude_none=True).encode()
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def _principal(scope: Scope, authenticator: Authenticator) -> Principal:
+    scheme, _, token = (_header(scope, b"authorization") or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise unauthorized("send an Authorization: Bearer <token> header")
     try:
@@ -358,17 +395,25 @@ async def _principal(request: Request, authenticator: Authenticator) -> Principa
     return principal
 
 
-async def _body(request: Request, model: type[BaseModel]) -> BaseModel:
-    declared = request.headers.get("content-length")
+async def _read_body(scope: Scope, receive: Receive) -> bytes:
+    declared = _header(scope, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise ApiError(413, "TooLarge", f"request body is larger than {MAX_BODY_BYTES} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "BadRequest", "the client went away before sending the body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise ApiError(413, "TooLarge", f"request body is larger than {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _parse(raw: bytes, model: type[BaseModel]) -> BaseModel:
     if not raw:
         raise bad_request("request body is empty; send a JSON object")
     try:
@@ -377,35 +422,34 @@ async def _body(request: Request, model: type[BaseModel]) -> BaseModel:
         raise from_validation(error) from None
 
 
-def _route(
-    service: RouterService, authenticator: Authenticator, endpoints: list[Endpoint]
-) -> Route:
-    """One route per path, so a 405 can list every method the path allows."""
-    by_method = {e.method: e for e in endpoints}
-
-    async def handle(request: Request) -> Response:
-        endpoint = by_method.get(request.method) or by_method["GET"]  # HEAD: served as GET
-        try:
-            principal = await _principal(request, authenticator)
-            body = await _body(request, endpoint.request) if endpoint.request else None
-            path = {k: str(v) for k, v in request.path_params.items()}
-            query = dict(request.query_params)
-            _check_strings(path, PATH_PATTERNS, "path")
-            _check_strings(query, QUERY_PATTERNS, "query")
-            outcome = await endpoint.handler(service, Call(principal, path, query, body))
-        except ApiError as error:
-            return error_response(error)
-        except ValidationError as error:  # a model built from request parts the checks above missed
-            return error_response(from_validation(error, "request"))
-        except Exception:
-            log.exception("%s %s failed", endpoint.method, endpoint.path)
-            return error_response(
-                ApiError(503, "Unavailable", "the router could not do that now; retry")
-            )
-        status, model = outcome if isinstance(outcome, tuple) else (endpoint.status, outcome)
-        return Response(model.model_dump_json(), status, media_type=JSON)
-
-    return Route(endpoints[0].path, handle, methods=list(by_method))
+async def _call_endpoint(
+    service: RouterService,
+    authenticator: Authenticator,
+    endpoint: Endpoint,
+    scope: Scope,
+    receive: Receive,
+    path: dict[str, str],
+) -> tuple[int, bytes]:
+    try:
+        principal = await _principal(scope, authenticator)
+        body = (
+            _parse(await _read_body(scope, receive), endpoint.request) if endpoint.request else None
+        )
+        query = dict(parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True))
+        _check_strings(path, PATH_PATTERNS, "path")
+        _check_strings(query, QUERY_PATTERNS, "query")
+        outcome = await endpoint.handler(service, Call(principal, path, query, body))
+    except ApiError as error:
+        return error_response(error)
+    except ValidationError as error:  # a model built from request parts the checks above missed
+        return error_response(from_validation(error, "request"))
+    except Exception:
+        log.exception("%s %s failed", endpoint.method, endpoint.path)
+        return error_response(
+            ApiError(503, "Unavailable", "the router could not do that now; retry")
+        )
+    status, model = outcome if isinstance(outcome, tuple) else (endpoint.status, outcome)
+    return status, model.model_dump_json().encode()
 
 
 PATH_PATTERNS = {
@@ -431,56 +475,105 @@ def _check_strings(
             )
 
 
-def create_app(service: RouterService, authenticator: Authenticator) -> Starlette:
-    document = openapi.build(ENDPOINTS)
+class RouterApp:
+    """The router's ASGI application: the endpoint table, the OpenAPI document, health,
+    readiness and metrics; the service's start and stop ride on the ASGI lifespan."""
 
-    async def openapi_json(request: Request) -> Response:
-        return JSONResponse(document)
+    def __init__(self, service: RouterService, authenticator: Authenticator) -> None:
+        self.service = service
+        self.authenticator = authenticator
+        self.document = json.dumps(openapi.build(ENDPOINTS)).encode()
+        by_path: dict[str, dict[str, Endpoint]] = {}
+        for endpoint in ENDPOINTS:
+            by_path.setdefault(endpoint.path, {})[endpoint.method] = endpoint
+        self.routes = [_Route(_compile(path), group, {}) for path, group in by_path.items()]
+        plain: dict[str, PlainHandler] = {
+            "/openapi.json": self._openapi,
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/metrics": self._metrics,
+        }
+        self.routes += [_Route(_compile(p), {}, {"GET": h}) for p, h in plain.items()]
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"ok": True})
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            status, content_type, body, headers = await self._dispatch(scope, receive)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", content_type),
+                        (b"content-length", str(len(body)).encode()),
+                        *headers,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
 
-    async def readyz(request: Request) -> Response:
-        return JSONResponse({"ready": service.ready}, status_code=200 if service.ready else 503)
+    async def _dispatch(
+        self, scope: Scope, receive: Receive
+    ) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        path: str = scope["path"]
+        method = "GET" if scope["method"] == "HEAD" else scope["method"]
+        for route in self.routes:
+            match = route.pattern.match(path)
+            if match is None:
+                continue
+            endpoint = route.endpoints.get(method)
+            if endpoint is not None:
+                status, body = await _call_endpoint(
+                    self.service, self.authenticator, endpoint, scope, receive, match.groupdict()
+                )
+                return status, JSON, body, []
+            handler = route.plain.get(method)
+            if handler is not None:
+                return (*await handler(scope, receive), [])
+            error = ApiError(405, "MethodNotAllowed", f"{scope['method']} is not allowed here")
+            allow = (b"allow", ", ".join(route.methods).encode())
+            return (*_json_error(error), [allow])
+        return (*_json_error(ApiError(404, "NotFound", f"no route for {path}")), [])
 
-    async def metrics(request: Request) -> Response:
+    async def _openapi(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+        return 200, JSON, self.document
+
+    async def _healthz(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+        return 200, JSON, b'{"ok":true}'
+
+    async def _readyz(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
+        ready = self.service.ready
+        return (200 if ready else 503), JSON, json.dumps({"ready": ready}).encode()
+
+    async def _metrics(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         try:
-            await _principal(request, authenticator)
+            await _principal(scope, self.authenticator)
         except ApiError as error:
-            return error_response(error)
-        return Response(await service.render_metrics(), media_type="text/plain; version=0.0.4")
+            return _json_error(error)
+        return 200, PROMETHEUS, await self.service.render_metrics()
 
-    async def not_found(request: Request, exc: Exception) -> Response:
-        return error_response(ApiError(404, "NotFound", f"no route for {request.url.path}"))
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.service.start()
+                except Exception as error:
+                    log.exception("router failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": str(error)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.service.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
 
-    async def wrong_method(request: Request, exc: Exception) -> Response:
-        response = error_response(
-            ApiError(405, "MethodNotAllowed", f"{request.method} is not allowed here")
-        )
-        allow = getattr(exc, "headers", None) or {}
-        if "Allow" in allow:
-            response.headers["Allow"] = allow["Allow"]
-        return response
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.stop()
+def _json_error(error: ApiError) -> tuple[int, bytes, bytes]:
+    status, body = error_response(error)
+    return status, JSON, body
 
-    by_path: dict[str, list[Endpoint]] = {}
-    for endpoint in ENDPOINTS:
-        by_path.setdefault(endpoint.path, []).append(endpoint)
-    routes = [_route(service, authenticator, group) for group in by_path.values()] + [
-        Route("/openapi.json", openapi_json),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics),
-    ]
-    return Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers={404: not_found, 405: wrong_method},
-    )
+
+def create_app(service: RouterService, authenticator: Authenticator) -> RouterApp:
+    return RouterApp(service, authenticator)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from agentarmy.api import wire
 from agentarmy.api.wire import AgentInfo, Task
 from agentarmy.router import lifecycle
-from agentarmy.router.store.base import TaskStore
+from agentarmy.router.store.base import Submitted, TaskStore
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,26 @@ class _Waiter:
     order: int = field(default_factory=lambda: next(_order))
     holder: str = ""
     """namespace/name, as the store counts running leases (computed once, sorted on often)."""
+    offered: bool = False
+    """A claim for this waiter is in flight: no other round may claim for it meanwhile."""
 
     def __post_init__(self) -> None:
         self.holder = lifecycle.agent_id(self.agent.namespace, self.agent.name)
+
+
+def _pick(waiters: list[_Waiter], budget: dict[str, int]) -> list[_Waiter]:
+    """The waiters (in the given order) that the claimable tasks can serve, one claim each."""
+    left = dict(budget)
+    picked = []
+    for waiter in waiters:
+        wanted = waiter.max_tasks
+        for capability in waiter.agent.capabilities:
+            take = min(wanted, left.get(capability, 0))
+            left[capability] = left.get(capability, 0) - take
+            wanted -= take
+        if wanted < waiter.max_tasks:
+            picked.append(waiter)
+    return picked
 
 
 class Dispatcher:
@@ -51,7 +68,9 @@ class Dispatcher:
         self.on_claimed = on_claimed
         self._waiters: dict[FleetKey, list[_Waiter]] = {}
         self._dirty: set[FleetKey] = set()
-        self._serving: dict[FleetKey, asyncio.Task[None]] = {}
+        self._serving: set[FleetKey] = set()
+        """Fleets with a dispatch round under way (one at a time per fleet)."""
+        self._rounds: set[asyncio.Task[None]] = set()
 
     async def claim(self, agent: AgentInfo, max_tasks: int, wait_seconds: float) -> list[Task]:
         key = (agent.namespace, agent.fleet)
@@ -81,9 +100,46 @@ class Dispatcher:
             return
         self._dirty.add(key)
         if key not in self._serving:
-            self._serving[key] = asyncio.create_task(
-                self._serve(key), name=f"dispatch-{namespace}/{fleet}"
+            self._serving.add(key)
+            round_ = asyncio.create_task(self._serve(key), name=f"dispatch-{namespace}/{fleet}")
+            self._rounds.add(round_)
+            round_.add_done_callback(self._rounds.discard)
+
+    async def submit(self, requests: Sequence[wire.SubmitTask], now: float) -> list[Submitted]:
+        """Store new tasks; when their fleet has agents waiting, lease the tasks to them in
+        the same durable write (one commit from submission to lease, where the store can)."""
+        keys = {(r.namespace, r.fleet) for r in requests}
+        if not keys:
+            return []
+        key = next(iter(keys))
+        waiters = self._free_waiters(key)
+        if len(keys) != 1 or not waiters:
+            submitted = await self.store.submit(requests, now)
+            self._notify_created(submitted)
+            return submitted
+        for waiter in waiters:
+            waiter.offered = True
+        try:
+            submitted, leases = await self.store.submit_and_lease(
+                requests, now, [(w.agent, w.max_tasks) for w in waiters]
             )
+        finally:
+            for waiter in waiters:
+                waiter.offered = False
+        for waiter, tasks in zip(waiters, leases, strict=True):
+            if tasks:
+                await self._deliver(waiter, tasks)
+        created = sum(1 for item in submitted if item.created)
+        if sum(len(tasks) for tasks in leases) < created:
+            self.notify(*key)  # the store left some for the usual round
+        return submitted
+
+    def _free_waiters(self, key: FleetKey) -> list[_Waiter]:
+        return [w for w in self._waiters.get(key, []) if not (w.offered or w.future.done())]
+
+    def _notify_created(self, submitted: Sequence[Submitted]) -> None:
+        for namespace, fleet in {(s.task.namespace, s.task.fleet) for s in submitted if s.created}:
+            self.notify(namespace, fleet)
 
     def end_waits(self, namespace: str, name: str) -> None:
         """The agent is draining: answer its pending long-polls with no work."""
@@ -104,40 +160,33 @@ class Dispatcher:
         except Exception:
             log.exception("dispatch for %s/%s failed; the next notify retries", *key)
         finally:
-            del self._serving[key]
+            self._serving.discard(key)
 
     async def _serve_once(self, key: FleetKey) -> None:
-        waiters = [w for w in self._waiters.get(key, []) if not w.future.done()]
+        waiters = self._free_waiters(key)
         if not waiters:
             return
+        now = self.clock()
+        capabilities = sorted({c for w in waiters for c in w.agent.capabilities})
+        budget = await self.store.claimable(
+            *key, capabilities, now, sum(w.max_tasks for w in waiters)
+        )
+        if not any(budget.values()):
+            return  # the usual case for an agent coming back for more: nothing to lease
         running = await self.store.running_counts(*key)
+        waiters = [w for w in waiters if running.get(w.holder, 0) < w.agent.concurrency]
         waiters.sort(key=lambda w: (running.get(w.holder, 0) / w.agent.concurrency, w.order))
-        # Waiters with the same capabilities compete for the same tasks: serve each such group
-        # least loaded first, in rounds of 1, 2, 4 ... claims (one group commit per round), and
-        # stop a group once a claim comes back short - its tasks are gone.
-        groups: dict[tuple[str, ...], list[_Waiter]] = {}
-        for waiter in waiters:
-            groups.setdefault(tuple(sorted(waiter.agent.capabilities)), []).append(waiter)
-        size = 1
-        while groups:
-            now = self.clock()
-            round_ = {caps: group[:size] for caps, group in groups.items()}
-            picked = [w for group in round_.values() for w in group]
-            claims = await asyncio.gather(
-                *(self.store.claim(w.agent, w.max_tasks, now) for w in picked)
-            )
-            short: set[_Waiter] = set()
-            for waiter, tasks in zip(picked, claims, strict=True):
-                if len(tasks) < waiter.max_tasks:
-                    short.add(waiter)
-                if tasks:
-                    await self._deliver(waiter, tasks)
-            groups = {
-                caps: group[size:]
-                for caps, group in groups.items()
-                if group[size:] and not short.intersection(round_[caps])
-            }
-            size *= 2
+        picked = _pick(waiters, budget)
+        claims = await asyncio.gather(
+            *(self.store.claim(w.agent, w.max_tasks, now) for w in picked)
+        )
+        for waiter, tasks in zip(picked, claims, strict=True):
+            if tasks:
+                await self._deliver(waiter, tasks)
+        if any(claims) and len(picked) < len(waiters):
+            # The budget is an estimate per capability; look again (one cheap read) so that
+            # no waiter is left out while work it could take remains.
+            self._dirty.add(key)
 
     async def _deliver(self, waiter: _Waiter, tasks: list[Task]) -> None:
         if waiter.future.done():  # gave up while we were claiming: hand the tasks back

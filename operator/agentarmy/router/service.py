@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import time
 from collections import defaultdict
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 
 from agentarmy.api import wire
 from agentarmy.api.wire import AgentInfo, Task
+from agentarmy.heap import freeze_startup_objects
 from agentarmy.router import decisions, lifecycle
 from agentarmy.router.auth import Principal
 from agentarmy.router.dispatcher import Dispatcher
@@ -49,10 +49,7 @@ class RouterService:
 
     async def start(self) -> None:
         await self.store.open(self.clock())
-        # Objects that live as long as the process need no garbage collection passes: freezing
-        # them keeps full collections (and their pauses) short under load.
-        gc.collect()
-        gc.freeze()
+        freeze_startup_objects()
         self._reaper = asyncio.create_task(self._reap_forever(), name="lease-reaper")
         self.ready = True
 
@@ -76,18 +73,14 @@ class RouterService:
                     f"tasks[{index}]: {error.message}" if len(requests) > 1 else error.message
                 )
                 raise
-        submitted = await self.store.submit(requests, self.clock())
-        self._after_submit(submitted)
+        submitted = await self.dispatcher.submit(requests, self.clock())
+        self._count_submitted(submitted)
         return submitted
 
-    def _after_submit(self, submitted: Sequence[Submitted]) -> None:
-        fleets = set()
+    def _count_submitted(self, submitted: Sequence[Submitted]) -> None:
         for item in submitted:
             if item.created:
                 self.metrics.submitted.labels(item.task.namespace, item.task.fleet).inc()
-                fleets.add((item.task.namespace, item.task.fleet))
-        for namespace, fleet in fleets:
-            self.dispatcher.notify(namespace, fleet)
 
     async def get(self, principal: Principal, task_id: str) -> Task:
         task = await self.store.get(task_id)
@@ -261,8 +254,8 @@ class RouterService:
         child = request.task.model_copy(
             update={"parentTaskId": parent_id, "traceId": request.task.traceId or parent.traceId}
         )
-        (submitted,) = await self.store.submit([child], self.clock())
-        self._after_submit([submitted])
+        (submitted,) = await self.dispatcher.submit([child], self.clock())
+        self._count_submitted([submitted])
         decisions.decide("handed-off", submitted.task, parent=parent_id)
         return submitted
 

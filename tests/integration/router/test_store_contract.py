@@ -326,3 +326,40 @@ async def test_concurrent_claims_never_share_a_task(store_factory: tuple[str, Op
         tid for batch in await asyncio.gather(*(drain(i) for i in range(8))) for tid in batch
     ]
     assert len(claimed) == len(set(claimed)) == 200
+
+
+async def test_claimable_never_counts_fewer_than_a_claim_finds(store: TaskStore) -> None:
+    assert await store.claimable("default", "fleet-a", ["echo", "other"], T0, 10) == {
+        "echo": 0,
+        "other": 0,
+    }
+    await store.submit([task(), task(), task(capability="other")], T0)
+    counts = await store.claimable("default", "fleet-a", ["echo", "other"], T0, 10)
+    assert counts["echo"] >= 2 and counts["other"] >= 1
+    assert (await store.claimable("default", "fleet-a", ["echo"], T0, 1))["echo"] == 1
+    worker = await agent(store, capabilities=("echo", "other"))
+    assert len(await store.claim(worker, 10, T0)) == 3
+    after = await store.claimable("default", "fleet-a", ["echo", "other"], T0, 10)
+    assert after == {"echo": 0, "other": 0}
+
+
+async def test_submit_and_lease_stores_every_task_and_leases_each_at_most_once(
+    store: TaskStore,
+) -> None:
+    busy = await agent(store, "busy", concurrency=2)
+    idle = await agent(store, "idle", concurrency=2)
+    await store.submit([task()], T0)
+    assert len(await store.claim(busy, 1, T0)) == 1  # busy runs 1 of 2, idle none
+    submitted, leases = await store.submit_and_lease(
+        [task(), task(), task()], T0, [(busy, 2), (idle, 1)]
+    )
+    assert [s.created for s in submitted] == [True, True, True]
+    leased = [t.id for tasks in leases for t in tasks]
+    assert len(leased) == len(set(leased)) <= 3
+    if leased:  # a backend that can lease in the same write serves the least loaded first
+        assert [t.agent for t in leases[1]] == ["default/idle"]
+        assert all(t.createdAt == t.attempts[0].startedAt for ts in leases for t in ts)
+    for item in submitted:
+        stored = await store.get(item.task.id)
+        assert stored is not None
+        assert stored.phase == ("Running" if item.task.id in leased else "Queued")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from agentarmy.api import wire
 from agentarmy.api.wire import AgentInfo, Task
 from agentarmy.router.dispatcher import Dispatcher
@@ -62,5 +64,51 @@ async def test_claim_without_work_and_without_wait_returns_nothing(tmp_path: Pat
         )
         assert await dispatcher.claim(agent, 5, 0) == []
         assert await dispatcher.claim(agent, 5, 0.05) == []
+    finally:
+        await store.close()
+
+
+async def test_a_task_for_a_waiting_agent_is_leased_in_the_write_that_stores_it(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "r.db", StoreSettings())
+    await store.open(NOW)
+    try:
+        dispatcher = Dispatcher(store, lambda: NOW, lambda agent, tasks: None)
+        waiting = await store.register(
+            wire.RegisterAgent(namespace="default", name="w", fleet="f", capabilities=["echo"]),
+            NOW,
+        )
+        wait = asyncio.create_task(dispatcher.claim(waiting, 1, 2.0))
+        await asyncio.sleep(0.05)
+        (item,) = await dispatcher.submit([wire.SubmitTask(fleet="f", capability="echo")], NOW)
+        (leased,) = await asyncio.wait_for(wait, 1.0)
+        assert leased.id == item.task.id and leased.attempts[0].startedAt == item.task.createdAt
+        stored = await store.get(item.task.id)
+        assert stored is not None and stored.phase == "Running" and stored.agent == "default/w"
+    finally:
+        await store.close()
+
+
+async def test_lease_counts_are_read_back_from_the_table_after_a_rollback(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "r.db", StoreSettings())
+    await store.open(NOW)
+    try:
+        worker = await store.register(
+            wire.RegisterAgent(
+                namespace="default", name="a", fleet="f", capabilities=["echo"], concurrency=2
+            ),
+            NOW,
+        )
+        await store.submit([wire.SubmitTask(fleet="f", capability="echo")] * 2, NOW)
+        assert len(await store.claim(worker, 1, NOW)) == 1
+
+        def lease_then_fail(conn: object) -> None:
+            assert len(store._lease(conn, worker, 1, NOW)) == 1  # type: ignore[arg-type]
+            raise RuntimeError("operation fails after leasing")
+
+        with pytest.raises(RuntimeError):
+            await store._write(lease_then_fail)
+        assert await store.running_counts("default", "f") == {"default/a": 1}
     finally:
         await store.close()

@@ -79,6 +79,19 @@ class TaskStore(abc.ABC):
     async def submit(self, requests: Sequence[wire.SubmitTask], now: float) -> list[Submitted]:
         """Store new tasks; a request whose idempotency key is known returns the earlier task."""
 
+    async def submit_and_lease(
+        self,
+        requests: Sequence[wire.SubmitTask],
+        now: float,
+        agents: Sequence[tuple[AgentInfo, int]],
+    ) -> tuple[list[Submitted], list[list[Task]]]:
+        """Store new tasks of one fleet and, where the backend can do it in the same durable
+        write, lease them at once to these waiting agents of that fleet (each (agent, max)
+        in the order given: longest waiting first), least loaded first. Returns what
+        ``submit`` returns and the leases per agent. This default leases nothing: the
+        dispatcher then serves the agents as usual."""
+        return await self.submit(requests, now), [[] for _ in agents]
+
     @abc.abstractmethod
     async def get(self, task_id: str) -> Task | None: ...
 
@@ -116,6 +129,14 @@ class TaskStore(abc.ABC):
     @abc.abstractmethod
     async def expire_due(self, now: float) -> list[Task]:
         """End attempts whose lease or timeout ran out; the changed tasks."""
+
+    @abc.abstractmethod
+    async def claimable(
+        self, namespace: str, fleet: str, capabilities: Sequence[str], now: float, limit: int
+    ) -> dict[str, int]:
+        """Capability -> queued tasks of the fleet that could be leased now, counting at most
+        ``limit`` each. May count too many (a claim then finds fewer), never too few: dispatch
+        skips the claims this says cannot succeed."""
 
     @abc.abstractmethod
     async def running_counts(self, namespace: str, fleet: str) -> dict[str, int]:

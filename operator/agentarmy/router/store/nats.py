@@ -103,6 +103,7 @@ class _Mirror:
         self.running_by_agent: Counter[str] = Counter()
         self.phase_counts: Counter[tuple[str, str, str]] = Counter()
         self.depths: Counter[tuple[str, str, int]] = Counter()
+        self.queued: Counter[tuple[str, str, str]] = Counter()  # (ns, fleet, capability)
         self.agent_tally: Counter[tuple[str, str]] = Counter()  # (agent, Succeeded|Failed)
         self.template_tally: Counter[tuple[str, str, str, str]] = Counter()  # ns, fleet, hash, kind
 
@@ -129,6 +130,7 @@ class _Mirror:
         self.phase_counts[(entry.namespace, entry.fleet, entry.phase)] += sign
         if entry.phase == "Queued":
             self.depths[(entry.namespace, entry.fleet, entry.priority)] += sign
+            self.queued[(entry.namespace, entry.fleet, entry.capability)] += sign
         if entry.phase == "Running":
             self.running_by_agent[entry.agent] += sign
         for agent, template_hash, outcome in entry.ended_attempts:
@@ -518,6 +520,13 @@ class NatsStore(TaskStore):
         return changed
 
     # -- reading for dispatch, metrics and the operator -------------------------------------
+
+    async def claimable(
+        self, namespace: str, fleet: str, capabilities: Sequence[str], now: float, limit: int
+    ) -> dict[str, int]:
+        # Queued tasks still backing off count too: an over-count only costs a short claim.
+        queued = self._mirror.queued
+        return {c: min(limit, max(0, queued[(namespace, fleet, c)])) for c in capabilities}
 
     async def running_counts(self, namespace: str, fleet: str) -> dict[str, int]:
         fleet_agents = {

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -68,7 +69,9 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_queue
     ON tasks(namespace, fleet, capability, priority DESC, seq) WHERE phase = 'Queued';
 CREATE INDEX IF NOT EXISTS tasks_expiry ON tasks(expires_at) WHERE phase = 'Running';
-CREATE INDEX IF NOT EXISTS tasks_agent ON tasks(agent) WHERE phase = 'Running';
+-- Leases per agent are counted in memory (see _RunningLeases); an index on them only cost
+-- two page writes per task. Databases made before that lose it here.
+DROP INDEX IF EXISTS tasks_agent;
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_idem
     ON tasks(namespace, idem_key) WHERE idem_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_fleet ON tasks(namespace, fleet, seq);
@@ -104,8 +107,15 @@ def _connect(path: str, synchronous: str) -> sqlite3.Connection:
 class _GroupCommitWriter:
     """Runs write operations on one thread; all that queue up share one transaction."""
 
-    def __init__(self, conn: sqlite3.Connection, inline: bool) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        inline: bool,
+        on_rollback: Callable[[sqlite3.Connection], None] = lambda conn: None,
+    ) -> None:
         self._conn = conn
+        self._on_rollback = on_rollback
+        """Told (inside the transaction, after the rollback) so in-memory copies can resync."""
         self.inline = inline
         """Run batches on the event loop (no fsync per COMMIT) instead of a writer thread."""
         self._executor = (
@@ -169,6 +179,7 @@ class _GroupCommitWriter:
                     outcomes.append(operations[0](conn))
                 except Exception as error:
                     conn.execute("ROLLBACK")
+                    self._on_rollback(conn)
                     return [error]
                 conn.execute("COMMIT")
                 return outcomes
@@ -178,14 +189,41 @@ class _GroupCommitWriter:
                     outcomes.append(operation(conn))
                 except Exception as error:  # one bad operation must not sink the batch
                     conn.execute("ROLLBACK TO op")
+                    self._on_rollback(conn)
                     outcomes.append(error)
                 conn.execute("RELEASE op")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            self._on_rollback(conn)
             raise
         return outcomes
+
+
+class _RunningLeases:
+    """Which agent holds each running task. The store is the database's only writer, so it
+    keeps this beside the table (dispatch counts leases per agent on every round) and
+    reloads it from the table after any rollback."""
+
+    def __init__(self) -> None:
+        self.holder_of: dict[str, str] = {}
+        self.per_agent: Counter[str] = Counter()
+
+    def load(self, conn: sqlite3.Connection) -> None:
+        self.holder_of.clear()
+        self.per_agent.clear()
+        for task_id, holder in conn.execute("SELECT id, agent FROM tasks WHERE phase = 'Running'"):
+            self.holder_of[task_id] = holder
+            self.per_agent[holder] += 1
+
+    def saw(self, task: Task) -> None:
+        previous = self.holder_of.pop(task.id, None)
+        if previous is not None:
+            self.per_agent[previous] -= 1
+        if task.phase == "Running":
+            self.holder_of[task.id] = task.agent
+            self.per_agent[task.agent] += 1
 
 
 class SqliteStore(TaskStore):
@@ -204,6 +242,10 @@ class SqliteStore(TaskStore):
         )
         self._checkpointer: asyncio.Task[None] | None = None
         self._next_seq = 0
+        self._leases = _RunningLeases()
+        self._agents: dict[tuple[str, str], AgentInfo] = {}
+        """Registrations as committed. This process is the database's only writer (one
+        replica), so the copy cannot go stale; it spares a query on every agent call."""
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -216,7 +258,10 @@ class SqliteStore(TaskStore):
         # so no caller waits for the database file's fsync.
         writer_conn.execute("PRAGMA wal_autocheckpoint=0")
         self._next_seq = (writer_conn.execute("SELECT max(seq) FROM tasks").fetchone()[0] or 0) + 1
-        self._writer = _GroupCommitWriter(writer_conn, inline=self.synchronous == "NORMAL")
+        self._leases.load(writer_conn)
+        self._writer = _GroupCommitWriter(
+            writer_conn, inline=self.synchronous == "NORMAL", on_rollback=self._leases.load
+        )
         self._writer.start()
         self._reader = _connect(self.path, self.synchronous)
         await self._write(lambda conn: self._grant_restart_grace(conn, now))
@@ -268,6 +313,11 @@ class SqliteStore(TaskStore):
         if writer.inline:
             return operation(writer._conn)
         return await self._read(operation)
+
+    def _save(self, conn: sqlite3.Connection, task: Task) -> None:
+        """Write a task whose phase or holder may have changed."""
+        _update(conn, task)
+        self._leases.saw(task)
 
     def _grant_restart_grace(self, conn: sqlite3.Connection, now: float) -> None:
         rows = conn.execute("SELECT body FROM tasks WHERE phase = 'Running'").fetchall()
@@ -346,7 +396,7 @@ class SqliteStore(TaskStore):
             cancelled = lifecycle.cancel(task, now)
             if cancelled is None:
                 return task, False
-            _update(conn, cancelled)
+            self._save(conn, cancelled)
             return cancelled, True
 
         return await self._write(operation)
@@ -369,10 +419,17 @@ class SqliteStore(TaskStore):
             )
             return info
 
-        return await self._write(operation)
+        info = await self._write(operation)
+        self._agents[(info.namespace, info.name)] = info
+        return info
 
     async def get_agent(self, namespace: str, name: str) -> AgentInfo | None:
-        return await self._peek(lambda conn: _load_agent(conn, namespace, name))
+        known = self._agents.get((namespace, name))
+        if known is None:
+            known = await self._peek(lambda conn: _load_agent(conn, namespace, name))
+            if known is not None:
+                self._agents[(namespace, name)] = known
+        return known
 
     async def heartbeat(
         self, agent: AgentInfo, leases: Sequence[wire.LeaseRef], draining: bool, now: float
@@ -380,7 +437,7 @@ class SqliteStore(TaskStore):
         holder = lifecycle.agent_id(agent.namespace, agent.name)
         lease_seconds = self.settings.lease_seconds
 
-        def operation(conn: sqlite3.Connection) -> list[wire.LeaseStatus]:
+        def operation(conn: sqlite3.Connection) -> tuple[AgentInfo, list[wire.LeaseStatus]]:
             current = _load_agent(conn, agent.namespace, agent.name)
             if current is None:
                 raise UnknownAgent(holder)
@@ -393,40 +450,75 @@ class SqliteStore(TaskStore):
             for ref in leases:
                 task = _load(conn, ref.taskId)
                 statuses.append(_extend_one(conn, task, ref, holder, now, lease_seconds))
-            return statuses
+            return touched, statuses
 
-        return await self._write(operation)
+        touched, statuses = await self._write(operation)
+        self._agents[(touched.namespace, touched.name)] = touched
+        return statuses
 
     async def claim(self, agent: AgentInfo, max_tasks: int, now: float) -> list[Task]:
-        holder = lifecycle.agent_id(agent.namespace, agent.name)
-        lease_seconds = self.settings.lease_seconds
+        return await self._write(lambda conn: self._lease(conn, agent, max_tasks, now))
 
-        def operation(conn: sqlite3.Connection) -> list[Task]:
-            running = conn.execute(
-                "SELECT count(*) FROM tasks WHERE phase = 'Running' AND agent = ?", (holder,)
-            ).fetchone()[0]
-            room = min(max_tasks, agent.concurrency - running)
-            if room <= 0:
-                return []
-            candidates: list[tuple[int, int, str]] = []
-            for capability in agent.capabilities:
-                candidates += conn.execute(
-                    "SELECT priority, seq, body FROM tasks WHERE phase = 'Queued' AND namespace = ?"
-                    " AND fleet = ? AND capability = ? AND available_at <= ?"
-                    " ORDER BY priority DESC, seq LIMIT ?",
-                    (agent.namespace, agent.fleet, capability, now, room),
-                ).fetchall()
-            candidates.sort(key=lambda row: (-row[0], row[1]))
-            claimed = []
-            for _, _, body in candidates[:room]:
-                task = lifecycle.start_attempt(
-                    Task.model_validate_json(body), holder, agent.templateHash, now, lease_seconds
-                )
-                _update(conn, task)
-                claimed.append(task)
-            return claimed
+    async def submit_and_lease(
+        self,
+        requests: Sequence[wire.SubmitTask],
+        now: float,
+        agents: Sequence[tuple[AgentInfo, int]],
+    ) -> tuple[list[Submitted], list[list[Task]]]:
+        def operation(conn: sqlite3.Connection) -> tuple[list[Submitted], list[list[Task]]]:
+            submitted = [self._submit_one(conn, r, now) for r in requests]
+            created = sum(1 for item in submitted if item.created)
+            leases: list[list[Task]] = [[] for _ in agents]
+            if not created or not agents:
+                return submitted, leases
+            running = self._leases.per_agent
+            order = sorted(
+                range(len(agents)),
+                key=lambda i: (
+                    running[lifecycle.agent_id(agents[i][0].namespace, agents[i][0].name)]
+                    / agents[i][0].concurrency,
+                    i,
+                ),
+            )
+            leased = 0
+            for index in order:
+                if leased >= created:
+                    break
+                agent, max_tasks = agents[index]
+                leases[index] = self._lease(conn, agent, max_tasks, now)
+                leased += len(leases[index])
+            return submitted, leases
 
         return await self._write(operation)
+
+    def _lease(
+        self, conn: sqlite3.Connection, agent: AgentInfo, max_tasks: int, now: float
+    ) -> list[Task]:
+        holder = lifecycle.agent_id(agent.namespace, agent.name)
+        room = min(max_tasks, agent.concurrency - self._leases.per_agent[holder])
+        if room <= 0:
+            return []
+        candidates: list[tuple[int, int, str]] = []
+        for capability in agent.capabilities:
+            candidates += conn.execute(
+                "SELECT priority, seq, body FROM tasks WHERE phase = 'Queued' AND namespace = ?"
+                " AND fleet = ? AND capability = ? AND available_at <= ?"
+                " ORDER BY priority DESC, seq LIMIT ?",
+                (agent.namespace, agent.fleet, capability, now, room),
+            ).fetchall()
+        candidates.sort(key=lambda row: (-row[0], row[1]))
+        claimed = []
+        for _, _, body in candidates[:room]:
+            task = lifecycle.start_attempt(
+                Task.model_validate_json(body),
+                holder,
+                agent.templateHash,
+                now,
+                self.settings.lease_seconds,
+            )
+            self._save(conn, task)
+            claimed.append(task)
+        return claimed
 
     async def report(
         self, agent: AgentInfo, results: Sequence[wire.TaskResult], now: float
@@ -449,7 +541,7 @@ class SqliteStore(TaskStore):
                     continue
                 updated, ack = lifecycle.apply_result(task, result, holder, now, policy)
                 if updated is not None:
-                    _update(conn, updated)
+                    self._save(conn, updated)
                     _count_attempt(conn, updated)
                 reported.append(Reported(ack, updated))
             return reported
@@ -467,7 +559,7 @@ class SqliteStore(TaskStore):
             for (body,) in rows:
                 task = lifecycle.expire(Task.model_validate_json(body), now, policy)
                 if task is not None:
-                    _update(conn, task)
+                    self._save(conn, task)
                     _count_attempt(conn, task)
                     changed.append(task)
             return changed
@@ -476,15 +568,27 @@ class SqliteStore(TaskStore):
 
     # -- reading for dispatch, metrics and the operator -------------------------------------
 
+    async def claimable(
+        self, namespace: str, fleet: str, capabilities: Sequence[str], now: float, limit: int
+    ) -> dict[str, int]:
+        def count(conn: sqlite3.Connection) -> dict[str, int]:
+            return {
+                capability: conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE phase = 'Queued'"
+                    " AND namespace = ? AND fleet = ? AND capability = ? AND available_at <= ?"
+                    " LIMIT ?)",
+                    (namespace, fleet, capability, now, limit),
+                ).fetchone()[0]
+                for capability in capabilities
+            }
+
+        return await self._peek(count)
+
     async def running_counts(self, namespace: str, fleet: str) -> dict[str, int]:
-        rows = await self._peek(
-            lambda conn: conn.execute(
-                "SELECT agent, count(*) FROM tasks WHERE phase = 'Running' AND agent LIKE ?"
-                " AND fleet = ? GROUP BY agent",
-                (f"{namespace}/%", fleet),
-            ).fetchall()
-        )
-        return {agent: count for agent, count in rows}
+        # Every agent of the namespace with leases (a superset of the fleet's: callers look
+        # up the agents they care about).
+        prefix = f"{namespace}/"
+        return {a: n for a, n in self._leases.per_agent.items() if n > 0 and a.startswith(prefix)}
 
     async def queue_depths(self) -> QueueDepths:
         return await self._read(_rows_to_depths)
