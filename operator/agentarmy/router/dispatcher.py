@@ -112,7 +112,12 @@ class Dispatcher:
         if not keys:
             return []
         key = next(iter(keys))
-        waiters = self._free_waiters(key)
+        waiters = self._free_waiters(key) if self.store.leases_on_submit else []
+        if len(keys) == 1 and waiters:
+            capabilities = {r.capability for r in requests}
+            waiters = [w for w in waiters if capabilities.intersection(w.agent.capabilities)]
+            # Least loaded first; each can take at least one task, so no more are needed.
+            waiters = (await self._by_load(key, waiters))[: len(requests)]
         if len(keys) != 1 or not waiters:
             submitted = await self.store.submit(requests, now)
             self._notify_created(submitted)
@@ -133,6 +138,13 @@ class Dispatcher:
         if sum(len(tasks) for tasks in leases) < created:
             self.notify(*key)  # the store left some for the usual round
         return submitted
+
+    async def _by_load(self, key: FleetKey, waiters: list[_Waiter]) -> list[_Waiter]:
+        """Waiters with room, least loaded (running / concurrency) first, then longest waiting."""
+        running = await self.store.running_counts(*key)
+        waiters = [w for w in waiters if running.get(w.holder, 0) < w.agent.concurrency]
+        waiters.sort(key=lambda w: (running.get(w.holder, 0) / w.agent.concurrency, w.order))
+        return waiters
 
     def _free_waiters(self, key: FleetKey) -> list[_Waiter]:
         return [w for w in self._waiters.get(key, []) if not (w.offered or w.future.done())]
@@ -173,9 +185,7 @@ class Dispatcher:
         )
         if not any(budget.values()):
             return  # the usual case for an agent coming back for more: nothing to lease
-        running = await self.store.running_counts(*key)
-        waiters = [w for w in waiters if running.get(w.holder, 0) < w.agent.concurrency]
-        waiters.sort(key=lambda w: (running.get(w.holder, 0) / w.agent.concurrency, w.order))
+        waiters = await self._by_load(key, waiters)
         picked = _pick(waiters, budget)
         claims = await asyncio.gather(
             *(self.store.claim(w.agent, w.max_tasks, now) for w in picked)

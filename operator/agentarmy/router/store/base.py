@@ -63,6 +63,9 @@ QueueDepths = dict[tuple[str, str, int], int]
 class TaskStore(abc.ABC):
     """Durable tasks and agents. One instance per router process."""
 
+    leases_on_submit = False
+    """Whether ``submit_and_lease`` can lease in the write that stores the tasks."""
+
     def __init__(self, settings: StoreSettings) -> None:
         self.settings = settings
         self.listener: Callable[[Task], None] | None = None
@@ -86,10 +89,10 @@ class TaskStore(abc.ABC):
         agents: Sequence[tuple[AgentInfo, int]],
     ) -> tuple[list[Submitted], list[list[Task]]]:
         """Store new tasks of one fleet and, where the backend can do it in the same durable
-        write, lease them at once to these waiting agents of that fleet (each (agent, max)
-        in the order given: longest waiting first), least loaded first. Returns what
-        ``submit`` returns and the leases per agent. This default leases nothing: the
-        dispatcher then serves the agents as usual."""
+        write (``leases_on_submit``), lease them at once to these waiting agents of that fleet,
+        each (agent, max), in the order given (the dispatcher's choice), until the new tasks
+        are gone. Returns what ``submit`` returns and the leases per agent. This default
+        leases nothing: the dispatcher then serves the agents as usual."""
         return await self.submit(requests, now), [[] for _ in agents]
 
     @abc.abstractmethod

@@ -251,6 +251,9 @@ class NatsStore(TaskStore):
     def _on_task_entry(self, entry: Any) -> None:
         if entry.operation is not None or not entry.value:
             return  # deletes and purges: tasks are never deleted by this router
+        known = self._mirror.entries.get(entry.key)
+        if known is not None and known.revision >= entry.revision:
+            return  # the echo of our own write (or older news): no need to parse it
         task = Task.model_validate_json(entry.value)
         self._last_seq = max(self._last_seq, task.seq)
         if self._mirror.apply(task.id, _entry(entry.revision, entry.value, task)) and self.listener:

@@ -202,31 +202,37 @@ class _GroupCommitWriter:
 
 
 class _RunningLeases:
-    """Which agent holds each running task. The store is the database's only writer, so it
-    keeps this beside the table (dispatch counts leases per agent on every round) and
-    reloads it from the table after any rollback."""
+    """The running tasks, as last written, and how many each agent holds. The store is the
+    database's only writer, so it keeps these beside the table: dispatch counts leases per
+    agent on every round, and a result finds its task without reading and parsing it. After
+    any rollback they are read back from the table."""
 
     def __init__(self) -> None:
-        self.holder_of: dict[str, str] = {}
+        self.tasks: dict[str, Task] = {}
         self.per_agent: Counter[str] = Counter()
 
     def load(self, conn: sqlite3.Connection) -> None:
-        self.holder_of.clear()
+        self.tasks.clear()
         self.per_agent.clear()
-        for task_id, holder in conn.execute("SELECT id, agent FROM tasks WHERE phase = 'Running'"):
-            self.holder_of[task_id] = holder
-            self.per_agent[holder] += 1
+        for (body,) in conn.execute("SELECT body FROM tasks WHERE phase = 'Running'"):
+            self.saw(Task.model_validate_json(body))
 
     def saw(self, task: Task) -> None:
-        previous = self.holder_of.pop(task.id, None)
+        previous = self.tasks.pop(task.id, None)
         if previous is not None:
-            self.per_agent[previous] -= 1
+            self.per_agent[previous.agent] -= 1
         if task.phase == "Running":
-            self.holder_of[task.id] = task.agent
+            self.tasks[task.id] = task
             self.per_agent[task.agent] += 1
+
+    def find(self, conn: sqlite3.Connection, task_id: str) -> Task | None:
+        task = self.tasks.get(task_id)
+        return task if task is not None else _load(conn, task_id)
 
 
 class SqliteStore(TaskStore):
+    leases_on_submit = True
+
     def __init__(
         self, path: str | Path, settings: StoreSettings, synchronous: str = "NORMAL"
     ) -> None:
@@ -315,9 +321,37 @@ class SqliteStore(TaskStore):
         return await self._read(operation)
 
     def _save(self, conn: sqlite3.Connection, task: Task) -> None:
-        """Write a task whose phase or holder may have changed."""
+        """Write a changed task (every task write goes through here)."""
         _update(conn, task)
         self._leases.saw(task)
+
+    def _extend_one(
+        self,
+        conn: sqlite3.Connection,
+        task: Task | None,
+        ref: wire.LeaseRef,
+        holder: str,
+        now: float,
+        lease_seconds: float,
+    ) -> wire.LeaseStatus:
+        if task is None:
+            return wire.LeaseStatus(
+                taskId=ref.taskId, attempt=ref.attempt, status="stale", message="no such task"
+            )
+        problem = lifecycle.fence_problem(task, ref, holder)
+        if problem is not None:
+            status = "cancelled" if task.phase == "Cancelled" else "stale"
+            return wire.LeaseStatus(
+                taskId=ref.taskId, attempt=ref.attempt, status=status, message=problem
+            )
+        extended = lifecycle.extend_lease(task, now, lease_seconds)
+        self._save(conn, extended)
+        return wire.LeaseStatus(
+            taskId=ref.taskId,
+            attempt=ref.attempt,
+            status="extended",
+            leaseExpiresAt=extended.leaseExpiresAt,
+        )
 
     def _grant_restart_grace(self, conn: sqlite3.Connection, now: float) -> None:
         rows = conn.execute("SELECT body FROM tasks WHERE phase = 'Running'").fetchall()
@@ -326,7 +360,7 @@ class SqliteStore(TaskStore):
                 Task.model_validate_json(body), now, self.settings.lease_seconds
             )
             if task is not None:
-                _update(conn, task)
+                self._save(conn, task)
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -448,8 +482,8 @@ class SqliteStore(TaskStore):
             )
             statuses = []
             for ref in leases:
-                task = _load(conn, ref.taskId)
-                statuses.append(_extend_one(conn, task, ref, holder, now, lease_seconds))
+                task = self._leases.find(conn, ref.taskId)
+                statuses.append(self._extend_one(conn, task, ref, holder, now, lease_seconds))
             return touched, statuses
 
         touched, statuses = await self._write(operation)
@@ -471,20 +505,10 @@ class SqliteStore(TaskStore):
             leases: list[list[Task]] = [[] for _ in agents]
             if not created or not agents:
                 return submitted, leases
-            running = self._leases.per_agent
-            order = sorted(
-                range(len(agents)),
-                key=lambda i: (
-                    running[lifecycle.agent_id(agents[i][0].namespace, agents[i][0].name)]
-                    / agents[i][0].concurrency,
-                    i,
-                ),
-            )
             leased = 0
-            for index in order:
+            for index, (agent, max_tasks) in enumerate(agents):
                 if leased >= created:
                     break
-                agent, max_tasks = agents[index]
                 leases[index] = self._lease(conn, agent, max_tasks, now)
                 leased += len(leases[index])
             return submitted, leases
@@ -529,7 +553,7 @@ class SqliteStore(TaskStore):
         def operation(conn: sqlite3.Connection) -> list[Reported]:
             reported = []
             for result in results:
-                task = _load(conn, result.taskId)
+                task = self._leases.find(conn, result.taskId)
                 if task is None:
                     ack = wire.ResultAck(
                         taskId=result.taskId,
@@ -701,34 +725,6 @@ def _update(conn: sqlite3.Connection, task: Task) -> None:
             task.model_dump_json(),
             task.id,
         ),
-    )
-
-
-def _extend_one(
-    conn: sqlite3.Connection,
-    task: Task | None,
-    ref: wire.LeaseRef,
-    holder: str,
-    now: float,
-    lease_seconds: float,
-) -> wire.LeaseStatus:
-    if task is None:
-        return wire.LeaseStatus(
-            taskId=ref.taskId, attempt=ref.attempt, status="stale", message="no such task"
-        )
-    problem = lifecycle.fence_problem(task, ref, holder)
-    if problem is not None:
-        status = "cancelled" if task.phase == "Cancelled" else "stale"
-        return wire.LeaseStatus(
-            taskId=ref.taskId, attempt=ref.attempt, status=status, message=problem
-        )
-    extended = lifecycle.extend_lease(task, now, lease_seconds)
-    _update(conn, extended)
-    return wire.LeaseStatus(
-        taskId=ref.taskId,
-        attempt=ref.attempt,
-        status="extended",
-        leaseExpiresAt=extended.leaseExpiresAt,
     )
 
 
