@@ -1,6 +1,6 @@
 """Benchmark: no-op tasks end to end (submit -> recorded result) with 50 agents.
 
-    python tests/bench/bench_router.py [--tasks 10000] [--agents 50] [--rate 400] [--duration 10]
+    python tests/bench/bench_router.py [--tasks 10000] [--agents 50] [--rates 200,400] [--duration 10]
 
 Runs, one after the other on this machine: our router on SQLite, our router on NATS
 JetStream, and Celery on a real redis-server with the same concurrency. For each:
@@ -48,9 +48,8 @@ class Result:
     throughput: float
     p50: float
     p99: float
-    open_p50: float
-    open_p99: float
-    open_rate: float
+    open_loop: list[tuple[float, float, float]]
+    """(arrivals per second, p50, p99) of each open-loop run."""
     drain: float = 0.0
     """tasks/s working off a queue filled before any agent/worker started (submitter not involved)."""
 
@@ -156,7 +155,9 @@ class Burst:
         return [self.done[t] - at for t, at in self.sent.items()]
 
 
-def summarize(name: str, burst: Burst, open_loop: list[float], rate: float, drain: float) -> Result:
+def summarize(
+    name: str, burst: Burst, open_loops: dict[float, list[float]], drain: float
+) -> Result:
     values = burst.latencies
     return Result(
         name,
@@ -164,9 +165,7 @@ def summarize(name: str, burst: Burst, open_loop: list[float], rate: float, drai
         burst.throughput,
         percentile(values, 0.5),
         percentile(values, 0.99),
-        percentile(open_loop, 0.5),
-        percentile(open_loop, 0.99),
-        rate,
+        [(rate, percentile(v, 0.5), percentile(v, 0.99)) for rate, v in open_loops.items()],
         drain,
     )
 
@@ -222,8 +221,10 @@ async def run_ours(name: str, store_url: str, work: Path, args: argparse.Namespa
 
             await burst(args.warmup)
             measured = await burst(args.tasks)
-            open_loop = await open_loop_ours(client, args.rate, args.duration)
-            return summarize(name, measured, open_loop, args.rate, drained)
+            open_loops = {
+                rate: await open_loop_ours(client, rate, args.duration) for rate in args.rates
+            }
+            return summarize(name, measured, open_loops, drained)
     finally:
         for host in hosts:
             stop_process(host, grace=5)
@@ -403,9 +404,12 @@ def run_celery(
 
         burst(args.warmup)
         measured = burst(args.tasks)
-        open_loop = open_loop_celery(results, celery_peer.noop, args.rate, args.duration)
+        open_loops = {
+            rate: open_loop_celery(results, celery_peer.noop, rate, args.duration)
+            for rate in args.rates
+        }
         name = f"celery {pool} {workers}x{concurrency}" + (" acks_late+AOF" if durable else "")
-        return summarize(name, measured, open_loop, args.rate, drained)
+        return summarize(name, measured, open_loops, drained)
     finally:
         for worker in workers_running:
             stop_process(worker, grace=10)
@@ -503,14 +507,20 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--warmup", type=int, default=1_000)
     parser.add_argument("--agents", type=int, default=50)
-    parser.add_argument("--rate", type=float, default=400.0, help="open-loop arrivals per second")
+    parser.add_argument(
+        "--rates",
+        type=lambda text: [float(r) for r in text.split(",")],
+        default=[200.0, 400.0],
+        help="open-loop arrivals per second, one run each (comma-separated)",
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="open-loop seconds")
     parser.add_argument("--rss-tasks", type=int, default=100_000)
     parser.add_argument("--only", default="sqlite,nats,celery,rss")
     args = parser.parse_args()
     only = set(args.only.split(","))
     print(
-        f"bench: {args.tasks} no-op tasks, {args.agents} agents, open loop {args.rate:.0f}/s "
+        f"bench: {args.tasks} no-op tasks, {args.agents} agents, open loop at "
+        f"{', '.join(f'{r:.0f}' for r in args.rates)}/s "
         f"for {args.duration:.0f}s, {os.cpu_count()} cores, all processes unpinned"
     )
     results: list[Result] = []
@@ -598,8 +608,11 @@ def print_result(result: Result) -> None:
     print(
         f"{result.name:<34} drain {result.drain:6.0f} tasks/s | e2e burst {result.throughput:6.0f} tasks/s "
         f"p50 {result.p50 * 1000:7.1f} ms "
-        f"p99 {result.p99 * 1000:7.1f} ms | open loop {result.open_rate:.0f}/s p50 "
-        f"{result.open_p50 * 1000:6.1f} ms p99 {result.open_p99 * 1000:6.1f} ms",
+        f"p99 {result.p99 * 1000:7.1f} ms | open loop "
+        + " | ".join(
+            f"{rate:.0f}/s p50 {p50 * 1000:6.1f} ms p99 {p99 * 1000:6.1f} ms"
+            for rate, p50, p99 in result.open_loop
+        ),
         flush=True,
     )
 
@@ -609,7 +622,12 @@ def print_ratios(results: list[Result], celery: Result) -> None:
         print(
             f"ratio {ours.name} / {celery.name}: drain throughput {ours.drain / celery.drain:.2f}x, "
             f"e2e burst throughput {ours.throughput / celery.throughput:.2f}x, "
-            f"open-loop p50 {ours.open_p50 / celery.open_p50:.2f}x, p99 {ours.open_p99 / celery.open_p99:.2f}x"
+            + ", ".join(
+                f"open loop {rate:.0f}/s p50 {p50 / c50:.2f}x p99 {p99 / c99:.2f}x"
+                for (rate, p50, p99), (_, c50, c99) in zip(
+                    ours.open_loop, celery.open_loop, strict=True
+                )
+            )
         )
 
 

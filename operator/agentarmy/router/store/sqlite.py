@@ -1,4 +1,4 @@
-"""SQLite store: WAL mode, one writer thread with group commit, one reader thread.
+"""SQLite store: WAL mode, one writer with group commit, reads beside it.
 
 Durability promise: WAL + ``synchronous=NORMAL``. A caller is answered only after
 COMMIT, so no acknowledged task is lost when the router (or the whole process tree)
@@ -611,8 +611,10 @@ class SqliteStore(TaskStore):
     async def running_counts(self, namespace: str, fleet: str) -> dict[str, int]:
         # Every agent of the namespace with leases (a superset of the fleet's: callers look
         # up the agents they care about).
+        # A snapshot: with synchronous=FULL the writer thread updates the counts meanwhile.
         prefix = f"{namespace}/"
-        return {a: n for a, n in self._leases.per_agent.items() if n > 0 and a.startswith(prefix)}
+        counts = list(self._leases.per_agent.items())
+        return {a: n for a, n in counts if n > 0 and a.startswith(prefix)}
 
     async def queue_depths(self) -> QueueDepths:
         return await self._read(_rows_to_depths)
