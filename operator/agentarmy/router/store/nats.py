@@ -182,6 +182,8 @@ class _Mirror:
 
 
 class NatsStore(TaskStore):
+    leases_on_submit = True
+
     def __init__(
         self, servers: str | list[str], settings: StoreSettings, prefix: str = "agentarmy"
     ) -> None:
@@ -319,7 +321,47 @@ class NatsStore(TaskStore):
     async def submit(self, requests: Sequence[wire.SubmitTask], now: float) -> list[Submitted]:
         return list(await asyncio.gather(*(self._submit_one(r, now) for r in requests)))
 
-    async def _submit_one(self, request: wire.SubmitTask, now: float) -> Submitted:
+    async def submit_and_lease(
+        self,
+        requests: Sequence[wire.SubmitTask],
+        now: float,
+        agents: Sequence[tuple[AgentInfo, int]],
+    ) -> tuple[list[Submitted], list[list[Task]]]:
+        # A new task offered to a waiting agent with room is created already leased (one
+        # write instead of create + compare-and-swap), but only when nothing of its fleet
+        # and capability is queued here: otherwise older or higher-priority work goes first,
+        # through the usual claim.
+        slots = iter(
+            index
+            for index, (agent, max_tasks) in enumerate(agents)
+            for _ in range(self._room(agent, max_tasks))
+        )
+        queued = self._mirror.queued
+        plan = [
+            None if queued[(r.namespace, r.fleet, r.capability)] > 0 else next(slots, None)
+            for r in requests
+        ]
+        submitted = list(
+            await asyncio.gather(
+                *(
+                    self._submit_one(r, now, None if i is None else agents[i][0])
+                    for r, i in zip(requests, plan, strict=True)
+                )
+            )
+        )
+        leases: list[list[Task]] = [[] for _ in agents]
+        for item, index in zip(submitted, plan, strict=True):
+            if index is not None and item.created and item.task.phase == "Running":
+                leases[index].append(item.task)
+        return submitted, leases
+
+    def _room(self, agent: AgentInfo, max_tasks: int) -> int:
+        holder = lifecycle.agent_id(agent.namespace, agent.name)
+        return max(0, min(max_tasks, agent.concurrency - self._mirror.running_by_agent[holder]))
+
+    async def _submit_one(
+        self, request: wire.SubmitTask, now: float, lease_to: AgentInfo | None = None
+    ) -> Submitted:
         task_id = lifecycle.new_task_id()
         if request.idempotencyKey is not None:
             key = hashlib.sha256(
@@ -334,6 +376,11 @@ class NatsStore(TaskStore):
                     return Submitted(existing[1], created=False)
                 # The earlier submitter stopped between the two writes: finish its job.
         task = lifecycle.new_task(request, task_id, self._next_seq(), now)
+        if lease_to is not None and task.capability in lease_to.capabilities:
+            holder = lifecycle.agent_id(lease_to.namespace, lease_to.name)
+            task = lifecycle.start_attempt(
+                task, holder, lease_to.templateHash, now, self.settings.lease_seconds
+            )
         raw = task.model_dump_json().encode()
         try:
             revision = await self._tasks_kv.create(task.id, raw)
@@ -447,7 +494,7 @@ class NatsStore(TaskStore):
     async def claim(self, agent: AgentInfo, max_tasks: int, now: float) -> list[Task]:
         holder = lifecycle.agent_id(agent.namespace, agent.name)
         async with self._agent_locks[holder]:
-            room = min(max_tasks, agent.concurrency - self._mirror.running_by_agent[holder])
+            room = self._room(agent, max_tasks)
             if room <= 0:
                 return []
             ids = self._mirror.candidates(
