@@ -10,9 +10,10 @@ ended, another replica's write), the fleet's waiters are served least-loaded fir
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from agentarmy.api import wire
@@ -56,6 +57,18 @@ def _pick(waiters: list[_Waiter], budget: dict[str, int]) -> list[_Waiter]:
     return picked
 
 
+@contextlib.contextmanager
+def _offering(waiters: list[_Waiter]) -> Iterator[None]:
+    """Mark the waiters as having a claim in flight for as long as the block runs."""
+    for waiter in waiters:
+        waiter.offered = True
+    try:
+        yield
+    finally:
+        for waiter in waiters:
+            waiter.offered = False
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -68,9 +81,7 @@ class Dispatcher:
         self.on_claimed = on_claimed
         self._waiters: dict[FleetKey, list[_Waiter]] = {}
         self._dirty: set[FleetKey] = set()
-        self._serving: set[FleetKey] = set()
-        """Fleets with a dispatch round under way (one at a time per fleet)."""
-        self._rounds: set[asyncio.Task[None]] = set()
+        self._serving: dict[FleetKey, asyncio.Task[None]] = {}
 
     async def claim(self, agent: AgentInfo, max_tasks: int, wait_seconds: float) -> list[Task]:
         key = (agent.namespace, agent.fleet)
@@ -100,10 +111,9 @@ class Dispatcher:
             return
         self._dirty.add(key)
         if key not in self._serving:
-            self._serving.add(key)
-            round_ = asyncio.create_task(self._serve(key), name=f"dispatch-{namespace}/{fleet}")
-            self._rounds.add(round_)
-            round_.add_done_callback(self._rounds.discard)
+            self._serving[key] = asyncio.create_task(
+                self._serve(key), name=f"dispatch-{namespace}/{fleet}"
+            )
 
     async def submit(self, requests: Sequence[wire.SubmitTask], now: float) -> list[Submitted]:
         """Store new tasks; when their fleet has agents waiting, lease the tasks to them in
@@ -122,15 +132,10 @@ class Dispatcher:
             submitted = await self.store.submit(requests, now)
             self._notify_created(submitted)
             return submitted
-        for waiter in waiters:
-            waiter.offered = True
-        try:
+        with _offering(waiters):
             submitted, leases = await self.store.submit_and_lease(
                 requests, now, [(w.agent, w.max_tasks) for w in waiters]
             )
-        finally:
-            for waiter in waiters:
-                waiter.offered = False
         for waiter, tasks in zip(waiters, leases, strict=True):
             if tasks:
                 await self._deliver(waiter, tasks)
@@ -172,7 +177,7 @@ class Dispatcher:
         except Exception:
             log.exception("dispatch for %s/%s failed; the next notify retries", *key)
         finally:
-            self._serving.discard(key)
+            del self._serving[key]
 
     async def _serve_once(self, key: FleetKey) -> None:
         waiters = self._free_waiters(key)
@@ -187,9 +192,10 @@ class Dispatcher:
             return  # the usual case for an agent coming back for more: nothing to lease
         waiters = await self._by_load(key, waiters)
         picked = _pick(waiters, budget)
-        claims = await asyncio.gather(
-            *(self.store.claim(w.agent, w.max_tasks, now) for w in picked)
-        )
+        with _offering(picked):
+            claims = await asyncio.gather(
+                *(self.store.claim(w.agent, w.max_tasks, now) for w in picked)
+            )
         for waiter, tasks in zip(picked, claims, strict=True):
             if tasks:
                 await self._deliver(waiter, tasks)
