@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 from agentarmy.api import wire
 from agentarmy.api.wire import Task
@@ -59,10 +62,20 @@ class RouterMetrics:
             ["namespace", "fleet"],
             registry=self.registry,
         )
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def labelled(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: labels() takes a lock and builds a key
+        on every call, several times per task. Not for gauges cleared on render."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def assigned(self, task: Task, now: float) -> None:
         ready_since = max(task.createdAt, task.availableAt)
-        self.dispatch_latency.labels(task.namespace, task.fleet).observe(
+        self.labelled(self.dispatch_latency, task.namespace, task.fleet).observe(
             max(0.0, now - ready_since)
         )
 
@@ -70,11 +83,12 @@ class RouterMetrics:
         last = task.attempts[-1] if task.attempts else None
         if last is None or last.outcome is None:
             return
-        self.outcomes.labels(task.namespace, task.fleet, last.outcome, task.phase).inc()
+        self.labelled(self.outcomes, task.namespace, task.fleet, last.outcome, task.phase).inc()
         if last.endedAt is not None:
-            self.task_duration.labels(task.namespace, task.fleet, task.capability).observe(
-                last.endedAt - last.startedAt
+            duration = self.labelled(
+                self.task_duration, task.namespace, task.fleet, task.capability
             )
+            duration.observe(last.endedAt - last.startedAt)
 
     def render(self, depths: QueueDepths, stats: wire.Stats) -> bytes:
         """Refresh the gauges from the store's current view, then render the text format."""

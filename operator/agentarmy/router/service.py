@@ -80,7 +80,9 @@ class RouterService:
     def _count_submitted(self, submitted: Sequence[Submitted]) -> None:
         for item in submitted:
             if item.created:
-                self.metrics.submitted.labels(item.task.namespace, item.task.fleet).inc()
+                self.metrics.labelled(
+                    self.metrics.submitted, item.task.namespace, item.task.fleet
+                ).inc()
 
     async def get(self, principal: Principal, task_id: str) -> Task:
         task = await self.store.get(task_id)
