@@ -96,9 +96,13 @@ class Dispatcher:
         self._waiters.setdefault(key, []).append(waiter)
         self.notify(*key)  # work may have arrived between the claim above and now
         try:
-            return await asyncio.wait_for(waiter.future, wait_seconds)
+            # Not wait_for: its extra waiter future costs two loop turns on every delivery.
+            async with asyncio.timeout(wait_seconds):
+                return await waiter.future
         except TimeoutError:
-            return []
+            # Delivered in the same loop turn as the timeout fired: the tasks are ours.
+            future = waiter.future
+            return future.result() if future.done() and not future.cancelled() else []
         finally:
             waiters = self._waiters.get(key, [])
             if waiter in waiters:
@@ -139,6 +143,8 @@ class Dispatcher:
         for waiter, tasks in zip(waiters, leases, strict=True):
             if tasks:
                 await self._deliver(waiter, tasks)
+        # Let the agents' answers go out before the submitter's: theirs lead to the result.
+        await asyncio.sleep(0)
         created = sum(1 for item in submitted if item.created)
         if sum(len(tasks) for tasks in leases) < created:
             self.notify(*key)  # the store left some for the usual round

@@ -343,6 +343,18 @@ async def test_claimable_never_counts_fewer_than_a_claim_finds(store: TaskStore)
     assert after == {"echo": 0, "other": 0}
 
 
+async def test_submit_and_lease_never_puts_a_new_task_ahead_of_queued_work(
+    store: TaskStore,
+) -> None:
+    idle = await agent(store, "idle", concurrency=2)
+    [older] = await store.submit([task()], T0)
+    submitted, [leased] = await store.submit_and_lease([task()], T0 + 1, [(idle, 2)])
+    fifo = [older.task.id, submitted[0].task.id]
+    assert [t.id for t in leased] == fifo[: len(leased)]  # if anything, the older one first
+    claimed = await store.claim(idle, 2, T0 + 1)
+    assert [t.id for t in leased + claimed] == fifo
+
+
 async def test_submit_and_lease_stores_every_task_and_leases_each_at_most_once(
     store: TaskStore,
 ) -> None:

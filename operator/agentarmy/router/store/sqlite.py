@@ -368,7 +368,11 @@ class SqliteStore(TaskStore):
         return await self._write(lambda conn: [self._submit_one(conn, r, now) for r in requests])
 
     def _submit_one(
-        self, conn: sqlite3.Connection, request: wire.SubmitTask, now: float
+        self,
+        conn: sqlite3.Connection,
+        request: wire.SubmitTask,
+        now: float,
+        lease_to: AgentInfo | None = None,
     ) -> Submitted:
         if request.idempotencyKey is not None:
             row = conn.execute(
@@ -379,6 +383,11 @@ class SqliteStore(TaskStore):
                 return Submitted(Task.model_validate_json(row[0]), created=False)
         task = lifecycle.new_task(request, lifecycle.new_task_id(), self._next_seq, now)
         self._next_seq += 1
+        if lease_to is not None and task.capability in lease_to.capabilities:
+            holder = lifecycle.agent_id(lease_to.namespace, lease_to.name)
+            task = lifecycle.start_attempt(
+                task, holder, lease_to.templateHash, now, self.settings.lease_seconds
+            )
         conn.execute(
             "INSERT INTO tasks (id, seq, namespace, fleet, capability, priority, phase, available_at,"
             " expires_at, agent, parent, idem_key, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -391,13 +400,14 @@ class SqliteStore(TaskStore):
                 task.priority,
                 task.phase,
                 task.availableAt,
-                None,
-                "",
+                _expires_at(task),
+                task.agent,
                 task.parentTaskId,
                 task.idempotencyKey,
                 task.model_dump_json(),
             ),
         )
+        self._leases.saw(task)
         return Submitted(task, created=True)
 
     async def get(self, task_id: str) -> Task | None:
@@ -499,27 +509,46 @@ class SqliteStore(TaskStore):
         now: float,
         agents: Sequence[tuple[AgentInfo, int]],
     ) -> tuple[list[Submitted], list[list[Task]]]:
+        # A new task for a waiting agent with room is stored already leased (one row write,
+        # no read back), but only while nothing of its fleet and capability is queued:
+        # otherwise older or higher-priority work goes first, through _lease.
         def operation(conn: sqlite3.Connection) -> tuple[list[Submitted], list[list[Task]]]:
-            submitted = [self._submit_one(conn, r, now) for r in requests]
-            created = sum(1 for item in submitted if item.created)
+            slots = iter(
+                index
+                for index, (agent, max_tasks) in enumerate(agents)
+                for _ in range(self._room(agent, max_tasks))
+            )
             leases: list[list[Task]] = [[] for _ in agents]
-            if not created or not agents:
-                return submitted, leases
-            leased = 0
-            for index, (agent, max_tasks) in enumerate(agents):
-                if leased >= created:
-                    break
-                leases[index] = self._lease(conn, agent, max_tasks, now)
-                leased += len(leases[index])
+            submitted = []
+            for request in requests:
+                index = None if self._any_queued(conn, request) else next(slots, None)
+                lease_to = None if index is None else agents[index][0]
+                item = self._submit_one(conn, request, now, lease_to)
+                submitted.append(item)
+                if index is not None and item.created and item.task.phase == "Running":
+                    leases[index].append(item.task)
             return submitted, leases
 
         return await self._write(operation)
+
+    def _room(self, agent: AgentInfo, max_tasks: int) -> int:
+        holder = lifecycle.agent_id(agent.namespace, agent.name)
+        return max(0, min(max_tasks, agent.concurrency - self._leases.per_agent[holder]))
+
+    @staticmethod
+    def _any_queued(conn: sqlite3.Connection, request: wire.SubmitTask) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM tasks WHERE phase = 'Queued' AND namespace = ? AND fleet = ?"
+            " AND capability = ? LIMIT 1",
+            (request.namespace, request.fleet, request.capability),
+        ).fetchone()
+        return row is not None
 
     def _lease(
         self, conn: sqlite3.Connection, agent: AgentInfo, max_tasks: int, now: float
     ) -> list[Task]:
         holder = lifecycle.agent_id(agent.namespace, agent.name)
-        room = min(max_tasks, agent.concurrency - self._leases.per_agent[holder])
+        room = self._room(agent, max_tasks)
         if room <= 0:
             return []
         candidates: list[tuple[int, int, str]] = []
