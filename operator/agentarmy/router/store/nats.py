@@ -309,8 +309,14 @@ class NatsStore(TaskStore):
         raw = task.model_dump_json().encode()
         with self._announcing(task, raw):
             revision = await self._write_task(task.id, raw, last)
-        self._mirror.apply(task.id, _entry(revision, raw, task))
+        self._took(task, revision, raw)
         return revision
+
+    def _took(self, task: Task, revision: int, raw: bytes) -> None:
+        """Mirror our own write, unless the watcher already did (its echo beat the ack)."""
+        known = self._mirror.entries.get(task.id)
+        if known is None or known.revision < revision:
+            self._mirror.apply(task.id, _entry(revision, raw, task))
 
     async def _write_task(self, task_id: str, raw: bytes, last: int) -> int:
         """Compare-and-swap one task (``last=0``: create it) and return its new revision.
@@ -437,7 +443,7 @@ class NatsStore(TaskStore):
             if existing is None:
                 raise
             return Submitted(existing[1], created=False)
-        self._mirror.apply(task.id, _entry(revision, raw, task))
+        self._took(task, revision, raw)
         return Submitted(task, created=True)
 
     async def get(self, task_id: str) -> Task | None:
