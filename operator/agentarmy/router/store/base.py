@@ -8,12 +8,12 @@ router can acknowledge a caller right after it returns. The state rules live in
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agentarmy.api import wire
 from agentarmy.api.wire import AgentInfo, Task
-from agentarmy.router.lifecycle import RetryPolicy
+from agentarmy.router.lifecycle import RetryPolicy, agent_id
 
 
 class StoreError(Exception):
@@ -150,6 +150,23 @@ class TaskStore(abc.ABC):
 
     @abc.abstractmethod
     async def stats(self, now: float) -> wire.Stats: ...
+
+
+def room_for(agent: AgentInfo, max_tasks: int, running: Mapping[str, int]) -> int:
+    """How many more tasks the agent may take now: at most ``max_tasks``, and never past its
+    concurrency given its running leases (``running``: holder -> count)."""
+    holder = agent_id(agent.namespace, agent.name)
+    return max(0, min(max_tasks, agent.concurrency - running.get(holder, 0)))
+
+
+def lease_slots(
+    agents: Sequence[tuple[AgentInfo, int]], running: Mapping[str, int]
+) -> Iterator[int]:
+    """Each agent's index once per task it may take now, in the order given (for
+    ``submit_and_lease``: the dispatcher orders them least loaded first)."""
+    for index, (agent, max_tasks) in enumerate(agents):
+        for _ in range(room_for(agent, max_tasks, running)):
+            yield index
 
 
 def error_rate(attempts: int, failures: int) -> float:

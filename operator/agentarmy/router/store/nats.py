@@ -49,6 +49,8 @@ from agentarmy.router.store.base import (
     TaskStore,
     UnknownAgent,
     error_rate,
+    lease_slots,
+    room_for,
 )
 
 log = logging.getLogger(__name__)
@@ -384,11 +386,7 @@ class NatsStore(TaskStore):
         # write instead of create + compare-and-swap), but only when nothing of its fleet
         # and capability is queued here: otherwise older or higher-priority work goes first,
         # through the usual claim.
-        slots = iter(
-            index
-            for index, (agent, max_tasks) in enumerate(agents)
-            for _ in range(self._room(agent, max_tasks))
-        )
+        slots = lease_slots(agents, self._mirror.running_by_agent)
         queued = self._mirror.queued
         plan = [
             None if queued[(r.namespace, r.fleet, r.capability)] > 0 else next(slots, None)
@@ -407,10 +405,6 @@ class NatsStore(TaskStore):
             if index is not None and item.created and item.task.phase == "Running":
                 leases[index].append(item.task)
         return submitted, leases
-
-    def _room(self, agent: AgentInfo, max_tasks: int) -> int:
-        holder = lifecycle.agent_id(agent.namespace, agent.name)
-        return max(0, min(max_tasks, agent.concurrency - self._mirror.running_by_agent[holder]))
 
     async def _submit_one(
         self, request: wire.SubmitTask, now: float, lease_to: AgentInfo | None = None
@@ -548,7 +542,7 @@ class NatsStore(TaskStore):
     async def claim(self, agent: AgentInfo, max_tasks: int, now: float) -> list[Task]:
         holder = lifecycle.agent_id(agent.namespace, agent.name)
         async with self._agent_locks[holder]:
-            room = self._room(agent, max_tasks)
+            room = room_for(agent, max_tasks, self._mirror.running_by_agent)
             if room <= 0:
                 return []
             ids = self._mirror.candidates(

@@ -43,6 +43,8 @@ from agentarmy.router.store.base import (
     TaskStore,
     UnknownAgent,
     error_rate,
+    lease_slots,
+    room_for,
 )
 
 T = TypeVar("T")
@@ -513,11 +515,7 @@ class SqliteStore(TaskStore):
         # no read back), but only while nothing of its fleet and capability is queued:
         # otherwise older or higher-priority work goes first, through _lease.
         def operation(conn: sqlite3.Connection) -> tuple[list[Submitted], list[list[Task]]]:
-            slots = iter(
-                index
-                for index, (agent, max_tasks) in enumerate(agents)
-                for _ in range(self._room(agent, max_tasks))
-            )
+            slots = lease_slots(agents, self._leases.per_agent)
             leases: list[list[Task]] = [[] for _ in agents]
             submitted = []
             for request in requests:
@@ -530,10 +528,6 @@ class SqliteStore(TaskStore):
             return submitted, leases
 
         return await self._write(operation)
-
-    def _room(self, agent: AgentInfo, max_tasks: int) -> int:
-        holder = lifecycle.agent_id(agent.namespace, agent.name)
-        return max(0, min(max_tasks, agent.concurrency - self._leases.per_agent[holder]))
 
     @staticmethod
     def _any_queued(conn: sqlite3.Connection, request: wire.SubmitTask) -> bool:
@@ -548,7 +542,7 @@ class SqliteStore(TaskStore):
         self, conn: sqlite3.Connection, agent: AgentInfo, max_tasks: int, now: float
     ) -> list[Task]:
         holder = lifecycle.agent_id(agent.namespace, agent.name)
-        room = self._room(agent, max_tasks)
+        room = room_for(agent, max_tasks, self._leases.per_agent)
         if room <= 0:
             return []
         candidates: list[tuple[int, int, str]] = []
