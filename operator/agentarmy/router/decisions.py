@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from agentarmy.api.wire import Task
+from agentarmy.logs import log_fields
 
 decision_log = logging.getLogger("agentarmy.router.decisions")
 
@@ -35,7 +36,7 @@ def decide(event: str, task: Task, **fields: Any) -> None:
         "agent": task.agent,
         **fields,
     }
-    decision_log.info("%s", event, extra={"fields": record})  # top-level keys (agentarmy.logs)
+    log_fields(decision_log, event, record)
 
 
 def attempt_ended(task: Task) -> None:
