@@ -97,6 +97,12 @@ def fence_problem(task: Task, ref: wire.LeaseRef, holder: str) -> str | None:
     return None
 
 
+def start_for(task: Task, agent: wire.AgentInfo, now: float, lease_seconds: float) -> Task:
+    """``start_attempt`` for a registered agent (its holder id and template hash)."""
+    holder = agent_id(agent.namespace, agent.name)
+    return start_attempt(task, holder, agent.templateHash, now, lease_seconds)
+
+
 def start_attempt(
     task: Task, holder: str, template_hash: str, now: float, lease_seconds: float
 ) -> Task:

@@ -8,7 +8,7 @@ router can acknowledge a caller right after it returns. The state rules live in
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from agentarmy.api import wire
@@ -159,14 +159,51 @@ def room_for(agent: AgentInfo, max_tasks: int, running: Mapping[str, int]) -> in
     return max(0, min(max_tasks, agent.concurrency - running.get(holder, 0)))
 
 
-def lease_slots(
-    agents: Sequence[tuple[AgentInfo, int]], running: Mapping[str, int]
-) -> Iterator[int]:
-    """Each agent's index once per task it may take now, in the order given (for
-    ``submit_and_lease``: the dispatcher orders them least loaded first)."""
-    for index, (agent, max_tasks) in enumerate(agents):
-        for _ in range(room_for(agent, max_tasks, running)):
-            yield index
+def plan_leases(
+    requests: Sequence[wire.SubmitTask],
+    agents: Sequence[tuple[AgentInfo, int]],
+    running: Mapping[str, int],
+    queued: Callable[[wire.SubmitTask], bool],
+) -> list[int | None]:
+    """For ``submit_and_lease``: per request, the agent (its index) the new task is stored
+    leased to, or None to store it queued.
+
+    Agents are taken in the order given (least loaded first), each up to its room. A task
+    is leased only while nothing of its fleet and capability is queued (``queued`` asks the
+    store, and tasks this batch queues count too), so older or higher-priority work always
+    goes first, through the usual claim.
+    """
+    slots = [
+        i
+        for i, (agent, max_tasks) in enumerate(agents)
+        for _ in range(room_for(agent, max_tasks, running))
+    ]
+    plan: list[int | None] = []
+    queued_here: set[tuple[str, str, str]] = set()
+    for request in requests:
+        key = (request.namespace, request.fleet, request.capability)
+        takes = (
+            bool(slots)
+            and key not in queued_here
+            and request.capability in agents[slots[0]][0].capabilities
+            and not queued(request)  # last: it may be a query
+        )
+        index = slots.pop(0) if takes else None
+        if index is None:
+            queued_here.add(key)
+        plan.append(index)
+    return plan
+
+
+def leases_by_agent(
+    submitted: Sequence[Submitted], plan: Sequence[int | None], agents: int
+) -> list[list[Task]]:
+    """The tasks each agent got from ``plan`` (repeats of an idempotency key got nothing)."""
+    leases: list[list[Task]] = [[] for _ in range(agents)]
+    for item, index in zip(submitted, plan, strict=True):
+        if index is not None and item.created:
+            leases[index].append(item.task)
+    return leases
 
 
 def error_rate(attempts: int, failures: int) -> float:

@@ -49,7 +49,8 @@ from agentarmy.router.store.base import (
     TaskStore,
     UnknownAgent,
     error_rate,
-    lease_slots,
+    leases_by_agent,
+    plan_leases,
     room_for,
 )
 
@@ -382,16 +383,15 @@ class NatsStore(TaskStore):
         now: float,
         agents: Sequence[tuple[AgentInfo, int]],
     ) -> tuple[list[Submitted], list[list[Task]]]:
-        # A new task offered to a waiting agent with room is created already leased (one
-        # write instead of create + compare-and-swap), but only when nothing of its fleet
-        # and capability is queued here: otherwise older or higher-priority work goes first,
-        # through the usual claim.
-        slots = lease_slots(agents, self._mirror.running_by_agent)
+        # A task planned for an agent is created already leased: one write instead of a
+        # create and a compare-and-swap.
         queued = self._mirror.queued
-        plan = [
-            None if queued[(r.namespace, r.fleet, r.capability)] > 0 else next(slots, None)
-            for r in requests
-        ]
+        plan = plan_leases(
+            requests,
+            agents,
+            self._mirror.running_by_agent,
+            lambda r: queued[(r.namespace, r.fleet, r.capability)] > 0,
+        )
         submitted = list(
             await asyncio.gather(
                 *(
@@ -400,11 +400,7 @@ class NatsStore(TaskStore):
                 )
             )
         )
-        leases: list[list[Task]] = [[] for _ in agents]
-        for item, index in zip(submitted, plan, strict=True):
-            if index is not None and item.created and item.task.phase == "Running":
-                leases[index].append(item.task)
-        return submitted, leases
+        return submitted, leases_by_agent(submitted, plan, len(agents))
 
     async def _submit_one(
         self, request: wire.SubmitTask, now: float, lease_to: AgentInfo | None = None
@@ -423,11 +419,8 @@ class NatsStore(TaskStore):
                     return Submitted(existing[1], created=False)
                 # The earlier submitter stopped between the two writes: finish its job.
         task = lifecycle.new_task(request, task_id, self._next_seq(), now)
-        if lease_to is not None and task.capability in lease_to.capabilities:
-            holder = lifecycle.agent_id(lease_to.namespace, lease_to.name)
-            task = lifecycle.start_attempt(
-                task, holder, lease_to.templateHash, now, self.settings.lease_seconds
-            )
+        if lease_to is not None:
+            task = lifecycle.start_for(task, lease_to, now, self.settings.lease_seconds)
         raw = task.model_dump_json().encode()
         try:
             with self._announcing(task, raw):

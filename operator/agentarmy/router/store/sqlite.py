@@ -43,7 +43,8 @@ from agentarmy.router.store.base import (
     TaskStore,
     UnknownAgent,
     error_rate,
-    lease_slots,
+    leases_by_agent,
+    plan_leases,
     room_for,
 )
 
@@ -385,11 +386,8 @@ class SqliteStore(TaskStore):
                 return Submitted(Task.model_validate_json(row[0]), created=False)
         task = lifecycle.new_task(request, lifecycle.new_task_id(), self._next_seq, now)
         self._next_seq += 1
-        if lease_to is not None and task.capability in lease_to.capabilities:
-            holder = lifecycle.agent_id(lease_to.namespace, lease_to.name)
-            task = lifecycle.start_attempt(
-                task, holder, lease_to.templateHash, now, self.settings.lease_seconds
-            )
+        if lease_to is not None:
+            task = lifecycle.start_for(task, lease_to, now, self.settings.lease_seconds)
         conn.execute(
             "INSERT INTO tasks (id, seq, namespace, fleet, capability, priority, phase, available_at,"
             " expires_at, agent, parent, idem_key, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -511,21 +509,16 @@ class SqliteStore(TaskStore):
         now: float,
         agents: Sequence[tuple[AgentInfo, int]],
     ) -> tuple[list[Submitted], list[list[Task]]]:
-        # A new task for a waiting agent with room is stored already leased (one row write,
-        # no read back), but only while nothing of its fleet and capability is queued:
-        # otherwise older or higher-priority work goes first, through _lease.
+        # A task planned for an agent is inserted already leased: one row write, no read back.
         def operation(conn: sqlite3.Connection) -> tuple[list[Submitted], list[list[Task]]]:
-            slots = lease_slots(agents, self._leases.per_agent)
-            leases: list[list[Task]] = [[] for _ in agents]
-            submitted = []
-            for request in requests:
-                index = None if self._any_queued(conn, request) else next(slots, None)
-                lease_to = None if index is None else agents[index][0]
-                item = self._submit_one(conn, request, now, lease_to)
-                submitted.append(item)
-                if index is not None and item.created and item.task.phase == "Running":
-                    leases[index].append(item.task)
-            return submitted, leases
+            plan = plan_leases(
+                requests, agents, self._leases.per_agent, lambda r: self._any_queued(conn, r)
+            )
+            submitted = [
+                self._submit_one(conn, r, now, None if i is None else agents[i][0])
+                for r, i in zip(requests, plan, strict=True)
+            ]
+            return submitted, leases_by_agent(submitted, plan, len(agents))
 
         return await self._write(operation)
 
