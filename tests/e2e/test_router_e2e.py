@@ -17,12 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from agentarmy.api import runtime_env as env
 from agentarmy.api import wire
-from agentarmy.router.client import RouterClient, RouterError
+from agentarmy.router.client import TRANSIENT, RouterClient, RouterError
 from agentarmy.router.testing import RouterProcess, stop_process, write_token_file
 
 pytestmark = pytest.mark.e2e
@@ -122,7 +121,7 @@ async def submit_all(client: RouterClient, accepted: dict[int, str]) -> None:
             try:
                 reply = await client.submit_batch(batch)
                 break
-            except (RouterError, aiohttp.ClientError, OSError, TimeoutError):
+            except (RouterError, *TRANSIENT):
                 await asyncio.sleep(0.2)
         for index, result in zip(range(start, start + len(batch)), reply.results, strict=True):
             assert accepted.setdefault(index, result.task.id) == result.task.id, (
@@ -152,7 +151,7 @@ async def wait_until_all_ended(client: RouterClient, deadline: float) -> wire.Fl
     while time.monotonic() < deadline:
         try:
             stats = await client.stats()
-        except (RouterError, aiohttp.ClientError, OSError):
+        except (RouterError, *TRANSIENT):
             await asyncio.sleep(0.5)
             continue
         fleets = [f for f in stats.fleets if f.fleet == "e2e"]

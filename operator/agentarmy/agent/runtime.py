@@ -17,19 +17,16 @@ import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 
-import aiohttp
-
 from agentarmy.agent.settings import AgentSettings
 from agentarmy.agent.skills import Skill, SkillFailed, TaskContext, load_skills, tool_skills
 from agentarmy.api import wire
 from agentarmy.heap import freeze_startup_objects
-from agentarmy.router.client import RouterClient, RouterError, TokenSource
+from agentarmy.router.client import TRANSIENT, RouterClient, RouterError, TokenSource
 
 log = logging.getLogger("agentarmy.agent")
 
 POLL_SECONDS = 20.0
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0)
-TRANSIENT = (aiohttp.ClientError, TimeoutError, ConnectionError, OSError)
 
 
 @dataclass

@@ -17,13 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import yaml
 
 from agentarmy.devcluster.cluster import DevCluster, free_port
 from agentarmy.devcluster.operator_process import OPERATOR_NAMESPACE, OperatorProcess
 from agentarmy.devcluster.podrunner import pod_runner
-from agentarmy.router.client import RouterClient, RouterError
+from agentarmy.router.client import TRANSIENT, RouterClient, RouterError
 
 
 class RouterProcess:
@@ -148,7 +147,7 @@ async def wait_for_agents(
         try:
             async with asyncio.timeout(seconds):
                 while True:
-                    with contextlib.suppress(RouterError, aiohttp.ClientError):
+                    with contextlib.suppress(RouterError, *TRANSIENT):
                         if await registered() >= count:
                             return
                     await asyncio.sleep(0.5)

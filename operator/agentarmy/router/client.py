@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 from pydantic import BaseModel
 
 from agentarmy.api import wire
+from agentarmy.router.http import HttpClient, HttpConnectionError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -43,6 +43,10 @@ class TokenSource:
         return self._token or ""
 
 
+TRANSIENT = (HttpConnectionError, ConnectionError, OSError, TimeoutError)
+"""The router could not be reached or did not answer: worth retrying."""
+
+
 class RouterClient:
     def __init__(
         self,
@@ -55,7 +59,7 @@ class RouterClient:
         self.token = token if isinstance(token, TokenSource) else TokenSource(token)
         self.ca_file = ca_file
         self.timeout = timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._http: HttpClient | None = None
 
     async def __aenter__(self) -> RouterClient:
         return self
@@ -64,20 +68,15 @@ class RouterClient:
         await self.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            ssl_context: ssl.SSLContext | bool = True
-            if self.ca_file:
-                ssl_context = ssl.create_default_context(cafile=self.ca_file)
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ssl=ssl_context),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-            )
-        return self._session
+    def _client(self) -> HttpClient:
+        if self._http is None:
+            context = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+            self._http = HttpClient(self.base_url, context, self.timeout)
+        return self._http
 
     async def request(
         self,
@@ -102,13 +101,10 @@ class RouterClient:
         if body is not None:
             headers["Content-Type"] = "application/json"
             data = body.model_dump_json(exclude_none=True).encode()
-        async with self._client().request(
-            method, self.base_url + path, data=data, headers=headers, params=params
-        ) as reply:
-            payload = await reply.read()
-            if reply.status >= 400:
-                raise _error(reply.status, payload)
-            return reply.status, payload
+        status, payload = await self._client().request(method, path, headers, data, params)
+        if status >= 400:
+            raise _error(status, payload)
+        return status, payload
 
     # -- callers ----------------------------------------------------------------------------
 
