@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -80,6 +82,8 @@ class Dispatcher:
         self.clock = clock
         self.on_claimed = on_claimed
         self._waiters: dict[FleetKey, list[_Waiter]] = {}
+        self._wanted: dict[FleetKey, Counter[str]] = {}
+        """Per fleet: capability -> slots its waiting agents ask for (what a round looks for)."""
         self._dirty: set[FleetKey] = set()
         self._serving: dict[FleetKey, asyncio.Task[None]] = {}
 
@@ -94,6 +98,9 @@ class Dispatcher:
             return []
         waiter = _Waiter(agent, max_tasks, asyncio.get_running_loop().create_future())
         self._waiters.setdefault(key, []).append(waiter)
+        wanted = self._wanted.setdefault(key, Counter())
+        for capability in agent.capabilities:
+            wanted[capability] += max_tasks
         self.notify(*key)  # work may have arrived between the claim above and now
         try:
             # Not wait_for: its extra waiter future costs two loop turns on every delivery.
@@ -107,6 +114,8 @@ class Dispatcher:
             waiters = self._waiters.get(key, [])
             if waiter in waiters:
                 waiters.remove(waiter)
+                for capability in agent.capabilities:
+                    wanted[capability] -= max_tasks
 
     def notify(self, namespace: str, fleet: str) -> None:
         """Work may be claimable in this fleet: serve its waiters (coalesced)."""
@@ -126,12 +135,11 @@ class Dispatcher:
         if not keys:
             return []
         key = next(iter(keys))
-        waiters = self._free_waiters(key) if self.store.leases_on_submit else []
-        if len(keys) == 1 and waiters:
+        waiters: list[_Waiter] = []
+        if len(keys) == 1 and self.store.leases_on_submit and self._waiters.get(key):
             capabilities = {r.capability for r in requests}
-            waiters = [w for w in waiters if capabilities.intersection(w.agent.capabilities)]
             # Least loaded first; each can take at least one task, so no more are needed.
-            waiters = (await self._by_load(key, waiters))[: len(requests)]
+            waiters = await self._least_loaded(key, len(requests), capabilities)
         if len(keys) != 1 or not waiters:
             submitted = await self.store.submit(requests, now)
             self._notify_created(submitted)
@@ -150,15 +158,25 @@ class Dispatcher:
             self.notify(*key)  # the store left some for the usual round
         return submitted
 
-    async def _by_load(self, key: FleetKey, waiters: list[_Waiter]) -> list[_Waiter]:
-        """Waiters with room, least loaded (running / concurrency) first, then longest waiting."""
+    async def _least_loaded(
+        self, key: FleetKey, count: int, capabilities: set[str] | None = None
+    ) -> list[_Waiter]:
+        """Up to ``count`` free waiters with room (and one of ``capabilities``), least
+        loaded (running / concurrency) first, then longest waiting. At most one pass over
+        the fleet's waiters: this runs for every submission and every dispatch round."""
         running = await self.store.running_counts(*key)
-        waiters = [w for w in waiters if running.get(w.holder, 0) < w.agent.concurrency]
-        waiters.sort(key=lambda w: (running.get(w.holder, 0) / w.agent.concurrency, w.order))
-        return waiters
-
-    def _free_waiters(self, key: FleetKey) -> list[_Waiter]:
-        return [w for w in self._waiters.get(key, []) if not (w.offered or w.future.done())]
+        candidates = []
+        for waiter in self._waiters.get(key, ()):
+            if waiter.offered or waiter.future.done():
+                continue
+            if capabilities is not None and capabilities.isdisjoint(waiter.agent.capabilities):
+                continue
+            held = running.get(waiter.holder, 0)
+            if held == 0 and count == 1:
+                return [waiter]  # kept in arrival order: the first idle one is the answer
+            if held < waiter.agent.concurrency:
+                candidates.append((held / waiter.agent.concurrency, waiter.order, waiter))
+        return [waiter for *_, waiter in heapq.nsmallest(count, candidates)]
 
     def _notify_created(self, submitted: Sequence[Submitted]) -> None:
         for namespace, fleet in {(s.task.namespace, s.task.fleet) for s in submitted if s.created}:
@@ -186,17 +204,17 @@ class Dispatcher:
             del self._serving[key]
 
     async def _serve_once(self, key: FleetKey) -> None:
-        waiters = self._free_waiters(key)
-        if not waiters:
+        # Counted over every waiter, also those with a claim in flight: at worst a round
+        # looks for a little more than it can give out.
+        wanted = {c: n for c, n in self._wanted.get(key, Counter()).items() if n > 0}
+        if not wanted:
             return
-        now = self.clock()
-        capabilities = sorted({c for w in waiters for c in w.agent.capabilities})
-        budget = await self.store.claimable(
-            *key, capabilities, now, sum(w.max_tasks for w in waiters)
-        )
+        capabilities = sorted(wanted)
+        budget = await self.store.claimable(*key, capabilities, self.clock(), sum(wanted.values()))
         if not any(budget.values()):
             return  # the usual case for an agent coming back for more: nothing to lease
-        waiters = await self._by_load(key, waiters)
+        now = self.clock()
+        waiters = await self._least_loaded(key, len(self._waiters.get(key, ())))
         picked = _pick(waiters, budget)
         with _offering(picked):
             claims = await asyncio.gather(

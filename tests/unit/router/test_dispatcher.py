@@ -112,3 +112,48 @@ async def test_lease_counts_are_read_back_from_the_table_after_a_rollback(tmp_pa
         assert await store.running_counts("default", "f") == {"default/a": 1}
     finally:
         await store.close()
+
+
+async def test_a_submission_goes_to_the_least_loaded_waiter_that_has_the_capability(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "r.db", StoreSettings())
+    await store.open(NOW)
+    try:
+        dispatcher = Dispatcher(store, lambda: NOW, lambda agent, tasks: None)
+        agents = {
+            name: await store.register(
+                wire.RegisterAgent(
+                    namespace="default",
+                    name=name,
+                    fleet="f",
+                    capabilities=capabilities,
+                    concurrency=2,
+                ),
+                NOW,
+            )
+            for name, capabilities in (
+                ("other", ["summarize"]),  # idle, but cannot run echo
+                ("busy", ["echo"]),
+                ("full", ["echo"]),
+                ("idle", ["echo", "summarize"]),
+            )
+        }
+        await store.submit([wire.SubmitTask(fleet="f", capability="echo")] * 3, NOW)
+        assert len(await dispatcher.claim(agents["busy"], 1, 0)) == 1  # runs 1 of 2
+        assert len(await dispatcher.claim(agents["full"], 2, 0)) == 2  # runs 2 of 2
+        waits = {
+            name: asyncio.create_task(dispatcher.claim(agent, 1, 2.0))
+            for name, agent in agents.items()
+        }
+        await asyncio.sleep(0.05)
+        (first,) = await dispatcher.submit([wire.SubmitTask(fleet="f", capability="echo")], NOW)
+        assert [t.id for t in await asyncio.wait_for(waits["idle"], 1.0)] == [first.task.id]
+        (second,) = await dispatcher.submit([wire.SubmitTask(fleet="f", capability="echo")], NOW)
+        assert [t.id for t in await asyncio.wait_for(waits["busy"], 1.0)] == [second.task.id]
+        assert not waits["other"].done() and not waits["full"].done()
+        for name in ("other", "full"):
+            dispatcher.end_waits("default", name)
+        assert await asyncio.gather(waits["other"], waits["full"]) == [[], []]
+    finally:
+        await store.close()

@@ -143,7 +143,8 @@ class TaskStore(abc.ABC):
 
     @abc.abstractmethod
     async def running_counts(self, namespace: str, fleet: str) -> dict[str, int]:
-        """Agent id -> tasks it is running, for least-loaded dispatch."""
+        """Agent id -> tasks it is running, for least-loaded dispatch: at least every agent
+        of the fleet that runs something (others may be included; callers look up theirs)."""
 
     @abc.abstractmethod
     async def queue_depths(self) -> QueueDepths: ...

@@ -619,14 +619,9 @@ class NatsStore(TaskStore):
         return {c: min(limit, max(0, queued[(namespace, fleet, c)])) for c in capabilities}
 
     async def running_counts(self, namespace: str, fleet: str) -> dict[str, int]:
-        fleet_agents = {
-            lifecycle.agent_id(ns, name)
-            for (ns, name), (_, info) in self._agents.items()
-            if ns == namespace and info.fleet == fleet
-        }
-        return {
-            a: n for a, n in self._mirror.running_by_agent.items() if a in fleet_agents and n > 0
-        }
+        prefix = f"{namespace}/"  # the namespace's agents: a superset of the fleet's
+        running = self._mirror.running_by_agent
+        return {a: n for a, n in running.items() if n > 0 and a.startswith(prefix)}
 
     async def queue_depths(self) -> QueueDepths:
         return {key: count for key, count in self._mirror.depths.items() if count > 0}
