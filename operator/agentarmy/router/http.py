@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import httptools
 
@@ -118,8 +118,7 @@ class HttpClient:
             (ssl_context or ssl.create_default_context()) if parts.scheme == "https" else None
         )
         self.timeout = timeout
-        default_port = self.port == (443 if parts.scheme == "https" else 80)
-        self._host_header = parts.netloc.rsplit("@", 1)[-1] if not default_port else self.host
+        self._host_header = parts.netloc.rsplit("@", 1)[-1]  # as written: [::1]:8080 stays
         self._idle: list[_Connection] = []
         self._closed = False
 
@@ -133,9 +132,13 @@ class HttpClient:
     ) -> tuple[int, bytes]:
         """Send one request; its status and body. Raises HttpConnectionError, OSError or
         TimeoutError when no complete response arrived."""
-        target = self.prefix + path + ("?" + urlencode(params) if params else "")
+        # Path parameters come from users (armyctl get <id>): quoted, they stay one target.
+        target = quote(self.prefix + path, safe="/:") + ("?" + urlencode(params) if params else "")
         head = [f"{method} {target} HTTP/1.1\r\nHost: {self._host_header}\r\n"]
-        head += [f"{name}: {value}\r\n" for name, value in headers.items()]
+        for name, value in headers.items():
+            if "\n" in value or "\r" in value:
+                raise ValueError(f"header {name} contains a line break")
+            head.append(f"{name}: {value}\r\n")
         head.append(f"Content-Length: {len(body)}\r\n\r\n" if body is not None else "\r\n")
         data = "".join(head).encode("latin-1") + (body or b"")
         async with asyncio.timeout(self.timeout):

@@ -182,3 +182,18 @@ async def test_tls_checks_the_router_certificate_against_its_ca(
                 await stranger.request("GET", "/healthz", {})
         finally:
             await stranger.close()
+
+
+async def test_user_text_cannot_break_out_of_the_request_line_or_a_header(
+    server: Server,
+) -> None:
+    client = HttpClient(f"http://127.0.0.1:{server.port}")
+    try:
+        await client.request("GET", "/v1/tasks/a b\r\nX-Evil: 1", {})
+        with pytest.raises(ValueError, match="Authorization contains a line break"):
+            await client.request("GET", "/", {"Authorization": "Bearer t\r\nX-Evil: 1"})
+    finally:
+        await client.close()
+    (request,) = server.requests
+    assert request.startswith(b"GET /v1/tasks/a%20b%0D%0AX-Evil:%201 HTTP/1.1\r\n")
+    assert b"X-Evil" not in request.split(b"\r\n", 1)[1]
