@@ -10,7 +10,6 @@ only what the router API needs: JSON bodies, a bearer token, TLS, timeouts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ssl
 import time
 from urllib.parse import quote, urlencode, urlsplit
@@ -183,5 +182,4 @@ class HttpClient:
         for connection in self._idle:
             connection.close()
         self._idle.clear()
-        with contextlib.suppress(Exception):
-            await asyncio.sleep(0)  # let the transports close
+        await asyncio.sleep(0)  # let the transports close
