@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from agentarmy.api import wire
-from agentarmy.router.http import HttpClient, HttpConnectionError
+from agentarmy.router.http import HttpClient
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -43,8 +43,9 @@ class TokenSource:
         return self._token or ""
 
 
-TRANSIENT = (HttpConnectionError, ConnectionError, OSError, TimeoutError)
-"""The router could not be reached or did not answer: worth retrying."""
+TRANSIENT = (OSError, TimeoutError)
+"""The router could not be reached or did not answer (HttpConnectionError, refused
+connections and TLS failures are all OSErrors): worth retrying."""
 
 
 class RouterClient:

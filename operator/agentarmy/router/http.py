@@ -33,11 +33,14 @@ class _Connection(asyncio.Protocol):
         self.idle_since = time.monotonic()
         self._parser = httptools.HttpResponseParser(self)
         self._reply: asyncio.Future[tuple[int, bytes]] | None = None
+        self._lost = False
+        self._expect_response()
+
+    def _expect_response(self) -> None:
         self._body: list[bytes] = []
         self._complete = False
         self._framed = False
         self._until_eof = False
-        self._lost = False
 
     @property
     def usable(self) -> bool:
@@ -46,10 +49,7 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> asyncio.Future[tuple[int, bytes]]:
         assert self.transport is not None
         self._reply = asyncio.get_running_loop().create_future()
-        self._body = []
-        self._complete = False
-        self._framed = False
-        self._until_eof = False
+        self._expect_response()
         self.transport.write(data)
         return self._reply
 

@@ -104,9 +104,9 @@ def serve(config: RouterConfig) -> None:
             ssl_keyfile=config.tls_key_file,
             limit_concurrency=None,
             backlog=4096,
-            # Longer than clients keep idle connections (aiohttp: 15 s) and than an agent's
-            # heartbeat interval (10 s): the client closes first, so it never reuses a
-            # connection the router is closing, and heartbeats reuse theirs.
+            # Longer than our client keeps idle connections (router.http.IDLE_SECONDS, 15 s)
+            # and than an agent's heartbeat interval (10 s): the client closes first, so it
+            # never reuses a connection the router is closing, and heartbeats reuse theirs.
             timeout_keep_alive=75,
             # The router reads no client address, so uvicorn's X-Forwarded-For layer would
             # only cost time on every call.
