@@ -48,3 +48,17 @@ LEADER = Gauge(
     "1 while this replica holds the leader Lease.",
     registry=REGISTRY,
 )
+POLICY_VERDICTS = Counter(
+    "agentarmy_policy_verdicts_total",
+    "Policy verdicts by source (admission, background), outcome (allow, deny, warn) and "
+    "rule (empty when nothing was broken).",
+    ["source", "verdict", "rule"],
+    registry=REGISTRY,
+)
+ADMISSION_SECONDS = Histogram(
+    "agentarmy_admission_duration_seconds",
+    "Time the webhook took to answer one AdmissionReview, by resource and verdict.",
+    ["resource", "verdict"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+    registry=REGISTRY,
+)

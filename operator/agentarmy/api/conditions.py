@@ -1,0 +1,54 @@
+"""Condition types and reasons of every kind, named once.
+
+Reasons are CamelCase words a machine matches on (kstatus, Argo CD, scripts);
+keep them stable: renaming one is an API change.
+"""
+
+from __future__ import annotations
+
+# -- types ---------------------------------------------------------------------
+READY = "Ready"
+"""Agent: its Pod runs and is Ready. Policy: accepted and in force."""
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+AVAILABLE = "Available"
+"""Fleet: at least replicas - maxUnavailable Agents are available."""
+RECONCILING = "Reconciling"
+"""Fleet: not yet at the desired state (kstatus's abnormal-true condition)."""
+POLICY_COMPLIANT = "PolicyCompliant"
+"""Agent, Fleet: no rule of a selecting Policy is broken."""
+
+# -- PolicyCompliant reasons -----------------------------------------------------
+COMPLIANT = "Compliant"
+POLICY_VIOLATION = "PolicyViolation"
+"""An enforce-mode rule is broken: the operator stops what would grow the violation."""
+AUDIT_VIOLATION = "AuditViolation"
+"""Only audit-mode rules are broken: reported, nothing is stopped."""
+
+# -- Agent Ready reasons (also Progressing/Degraded) ----------------------------
+POD_READY = "PodReady"
+POD_PENDING = "PodPending"
+POD_NOT_READY = "PodNotReady"
+CREATING_POD = "CreatingPod"
+UPDATING_POD = "UpdatingPod"
+REPLACING_POD = "ReplacingPod"
+AGENT_EXITED = "AgentExited"
+AGENT_RUNNING = "AgentRunning"
+POD_CREATE_FAILED = "PodCreateFailed"
+BLOCKED_BY_POLICY = "BlockedByPolicy"
+"""The Agent needs a new Pod, but an enforce-mode Policy forbids its spec."""
+INVALID_SPEC = "InvalidSpec"
+RECONCILED = "Reconciled"
+
+# -- Fleet reasons ---------------------------------------------------------------
+MINIMUM_AGENTS_AVAILABLE = "MinimumAgentsAvailable"
+MINIMUM_AGENTS_UNAVAILABLE = "MinimumAgentsUnavailable"
+ROLLOUT_COMPLETE = "RolloutComplete"
+ROLLING_UPDATE = "RollingUpdate"
+SCALING_UP = "ScalingUp"
+SCALING_DOWN = "ScalingDown"
+WAITING_FOR_AGENTS = "WaitingForAgents"
+
+# -- Policy Ready reasons --------------------------------------------------------
+POLICY_ACTIVE = "Active"
+"""Valid and evaluated on what it selects."""

@@ -1,0 +1,43 @@
+"""Policy decisions as one JSON log line and one counter increment each.
+
+Admission logs every verdict it returns; the background check logs a verdict
+when it changes (a reconcile that finds the same verdict again is no decision).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from agentarmy.logs import log_fields
+from agentarmy.operator import metrics
+from agentarmy.policy import Subject, Verdict
+
+decision_log = logging.getLogger("agentarmy.operator.decisions")
+
+Source = Literal["admission", "background"]
+
+
+def record_verdict(source: Source, subject: Subject, verdict: Verdict, operation: str = "") -> None:
+    rules = sorted({f.rule for f in verdict.findings}) or [""]
+    for rule in rules:
+        metrics.POLICY_VERDICTS.labels(source, verdict.outcome, rule).inc()
+    first = verdict.denials[0] if verdict.denials else (verdict.findings or (None,))[0]
+    log_fields(
+        decision_log,
+        "policy verdict",
+        {
+            "event": "policy-verdict",
+            "source": source,
+            "operation": operation,
+            "kind": subject.kind,
+            "namespace": subject.namespace,
+            "object": subject.name,
+            "verdict": verdict.outcome,
+            "policy": first.policy if first else "",
+            "rule": first.rule if first else "",
+            "reason": first.message if first else "",
+            "findings": [f.as_dict() for f in verdict.findings],
+            "policies": list(verdict.policies),
+        },
+    )

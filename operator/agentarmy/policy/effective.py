@@ -1,0 +1,249 @@
+"""The runtime rules in force for a fleet: every selecting Policy combined, strictest wins.
+
+Limits take the lowest value (and remember which Policy set it); allow-lists
+intersect (a tool must be allowed by every Policy that lists tools); approval
+lists unite; egress allows only what every Policy allows. Enforce-mode
+Policies bind; audit-mode ones are combined apart, for reporting only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentarmy.api.agent import PolicyOverrides
+from agentarmy.api.common import parse_duration
+from agentarmy.policy.engine import NamedPolicy, PolicySet
+from agentarmy.policy.findings import Finding, Mode
+from agentarmy.policy.globs import any_match
+from agentarmy.policy.subjects import Labels
+
+OVERRIDES = "policyOverrides"
+"""The source named when an Agent's own policyOverrides set the strictest limit."""
+
+
+@dataclass(frozen=True, order=True)
+class Limit:
+    """A numeric limit and the Policy (``namespace/name``) that set it."""
+
+    value: float
+    policy: str
+
+
+@dataclass(frozen=True)
+class TokenBudget:
+    tokens: int
+    window_seconds: float
+    policy: str
+
+
+@dataclass(frozen=True)
+class Egress:
+    cidrs: tuple[str, ...]
+    ports: tuple[int, ...]
+    allow_dns: bool
+    policies: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RuntimeRules:
+    """What a fleet's agents may do while they run, under one mode's Policies."""
+
+    mode: Mode
+    policies: tuple[str, ...] = ()
+    max_replicas: Limit | None = None
+    tasks_per_minute: Limit | None = None
+    burst: Limit | None = None
+    token_budgets: tuple[TokenBudget, ...] = ()
+    allowed_tools: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(policy, globs): a tool must match one glob of every entry."""
+    approval_tools: tuple[tuple[str, str], ...] = ()
+    """(tool glob, policy) pairs; a matching call waits for a human."""
+    max_error_rate: Limit | None = None
+    min_tasks: Limit | None = None
+    window_seconds: Limit | None = None
+    max_tokens_per_hour: Limit | None = None
+    max_cost_per_hour: Limit | None = None
+    egress: Egress | None = None
+
+    def tool_call(self, tool: str) -> ToolDecision:
+        """May an agent call ``tool``, and does the call need a human's approval?"""
+        for policy, globs in self.allowed_tools:
+            if not any_match(tool, globs):
+                return ToolDecision(
+                    allowed=False,
+                    finding=Finding(
+                        policy,
+                        "allowedTools",
+                        "tool",
+                        self.mode,
+                        f'tool "{tool}" is not allowed by {", ".join(globs)}',
+                    ),
+                )
+        approvers = tuple(p for pattern, p in self.approval_tools if any_match(tool, (pattern,)))
+        return ToolDecision(allowed=True, approval_by=approvers)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON for the router (which keeps it in its store) and for status."""
+
+        def limit(value: Limit | None) -> dict[str, Any] | None:
+            return None if value is None else {"value": value.value, "policy": value.policy}
+
+        return {
+            "mode": self.mode,
+            "policies": list(self.policies),
+            "maxReplicas": limit(self.max_replicas),
+            "tasksPerMinute": limit(self.tasks_per_minute),
+            "burst": limit(self.burst),
+            "tokenBudgets": [
+                {"tokens": b.tokens, "windowSeconds": b.window_seconds, "policy": b.policy}
+                for b in self.token_budgets
+            ],
+            "allowedTools": [{"policy": p, "globs": list(g)} for p, g in self.allowed_tools],
+            "approvalTools": [{"tool": t, "policy": p} for t, p in self.approval_tools],
+            "sentinel": {
+                "maxErrorRate": limit(self.max_error_rate),
+                "minTasks": limit(self.min_tasks),
+                "windowSeconds": limit(self.window_seconds),
+                "maxTokensPerHour": limit(self.max_tokens_per_hour),
+                "maxCostPerHour": limit(self.max_cost_per_hour),
+            },
+            "egress": None
+            if self.egress is None
+            else {
+                "cidrs": list(self.egress.cidrs),
+                "ports": list(self.egress.ports),
+                "allowDNS": self.egress.allow_dns,
+                "policies": list(self.egress.policies),
+            },
+        }
+
+
+@dataclass(frozen=True)
+class ToolDecision:
+    allowed: bool
+    finding: Finding | None = None
+    approval_by: tuple[str, ...] = ()
+
+    @property
+    def needs_approval(self) -> bool:
+        return bool(self.approval_by)
+
+
+@dataclass(frozen=True)
+class EffectiveRules:
+    """The enforced rules of a fleet, and what audit-mode Policies would add."""
+
+    enforced: RuntimeRules = field(default_factory=lambda: RuntimeRules("enforce"))
+    audited: RuntimeRules = field(default_factory=lambda: RuntimeRules("audit"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"enforced": self.enforced.as_dict(), "audited": self.audited.as_dict()}
+
+
+def _lowest(current: Limit | None, value: float | None, policy: str) -> Limit | None:
+    if value is None:
+        return current
+    candidate = Limit(value, policy)
+    return candidate if current is None or candidate < current else current
+
+
+def _intersect_cidrs(left: tuple[str, ...], right: tuple[str, ...]) -> tuple[str, ...]:
+    """CIDRs allowed by both lists (two CIDRs overlap only when one contains the other)."""
+    result: set[str] = set()
+    for a_text in left:
+        a = ipaddress.ip_network(a_text, strict=False)
+        for b_text in right:
+            b = ipaddress.ip_network(b_text, strict=False)
+            if a.version != b.version or not a.overlaps(b):
+                continue
+            result.add(str(a if a.prefixlen >= b.prefixlen else b))
+    return tuple(sorted(result))
+
+
+def combine(
+    mode: Mode, policies: Iterable[NamedPolicy], overrides: PolicyOverrides | None = None
+) -> RuntimeRules:
+    """Fold ``policies`` (all of one mode) and an Agent's overrides into one RuntimeRules."""
+    refs: list[str] = []
+    max_replicas = tasks = burst = error_rate = min_tasks = window = tokens_hour = cost = None
+    budgets: list[TokenBudget] = []
+    tools: list[tuple[str, tuple[str, ...]]] = []
+    approvals: set[tuple[str, str]] = set()
+    egress: Egress | None = None
+    for policy in policies:
+        ref, rules = policy.ref, policy.spec.rules
+        refs.append(ref)
+        max_replicas = _lowest(max_replicas, rules.maxReplicasPerFleet, ref)
+        if rules.taskRateLimit is not None:
+            rate = rules.taskRateLimit
+            tasks = _lowest(tasks, rate.tasksPerMinute, ref)
+            burst = _lowest(burst, rate.burst or rate.tasksPerMinute, ref)
+        if rules.tokenBudget is not None:
+            budget = rules.tokenBudget
+            budgets.append(TokenBudget(budget.tokens, parse_duration(budget.window), ref))
+        if rules.allowedTools:
+            tools.append((ref, tuple(sorted(rules.allowedTools))))
+        approvals.update((tool, ref) for tool in rules.approvalRequiredTools)
+        if rules.sentinel is not None:
+            bounds = rules.sentinel
+            error_rate = _lowest(error_rate, bounds.maxErrorRate, ref)
+            if bounds.maxErrorRate is not None:
+                # A verdict on fewer tasks or a shorter window comes sooner: stricter.
+                min_tasks = _lowest(min_tasks, bounds.minTasks, ref)
+                window = _lowest(window, parse_duration(bounds.window), ref)
+            tokens_hour = _lowest(tokens_hour, bounds.maxTokensPerHour, ref)
+            cost = _lowest(cost, bounds.maxCostPerHour, ref)
+        if rules.egress is not None:
+            rule = rules.egress
+            if egress is None:
+                egress = Egress(
+                    tuple(sorted(set(rule.cidrs))),
+                    tuple(sorted(set(rule.ports))),
+                    rule.allowDNS,
+                    (ref,),
+                )
+            else:
+                egress = Egress(
+                    _intersect_cidrs(egress.cidrs, tuple(rule.cidrs)),
+                    tuple(sorted(set(egress.ports) & set(rule.ports))),
+                    egress.allow_dns and rule.allowDNS,
+                    (*egress.policies, ref),
+                )
+    if overrides is not None:
+        tasks = _lowest(tasks, overrides.tasksPerMinute, OVERRIDES)
+        if overrides.tokensPerHour is not None:
+            budgets.append(TokenBudget(overrides.tokensPerHour, 3600.0, OVERRIDES))
+        approvals.update((tool, OVERRIDES) for tool in overrides.approvalRequiredTools)
+    return RuntimeRules(
+        mode=mode,
+        policies=tuple(refs),
+        max_replicas=max_replicas,
+        tasks_per_minute=tasks,
+        burst=burst,
+        token_budgets=tuple(sorted(set(budgets), key=lambda b: (b.tokens, b.policy))),
+        allowed_tools=tuple(tools),
+        approval_tools=tuple(sorted(approvals)),
+        max_error_rate=error_rate,
+        min_tasks=min_tasks,
+        window_seconds=window,
+        max_tokens_per_hour=tokens_hour,
+        max_cost_per_hour=cost,
+        egress=egress,
+    )
+
+
+def effective_rules(
+    policies: PolicySet,
+    namespace: str,
+    label_sets: tuple[Labels, ...],
+    overrides: PolicyOverrides | None = None,
+) -> EffectiveRules:
+    """The runtime rules of a fleet whose Fleet and Agents carry ``label_sets``."""
+    selected = policies.selecting(namespace, label_sets)
+    return EffectiveRules(
+        enforced=combine("enforce", (p for p in selected if p.spec.mode == "enforce"), overrides),
+        audited=combine("audit", (p for p in selected if p.spec.mode == "audit")),
+    )
