@@ -136,6 +136,20 @@ class PolicySpec(Model):
     rules: PolicyRules = Field(default_factory=PolicyRules, description="The rules.")
 
 
+MAX_LISTED_VIOLATIONS = 20
+
+
+class PolicyViolation(Model):
+    """One broken rule of this Policy on one object."""
+
+    kind: Literal["Agent", "Fleet"] = Field(description="Kind of the object.")
+    name: str = Field(description="Name of the object (in the Policy's namespace).")
+    rule: str = Field(description="The rule broken, as named in spec.rules.")
+    message: Annotated[str, StringConstraints(max_length=1024)] = Field(
+        description="What is wrong, naming the field."
+    )
+
+
 class PolicyStatus(Model):
     """What the policy currently governs and has seen."""
 
@@ -147,4 +161,11 @@ class PolicyStatus(Model):
     observedGeneration: int = Field(default=0, ge=0, description="Generation last reconciled.")
     matchedFleets: int = Field(default=0, ge=0, description="Fleets the selector matches.")
     matchedAgents: int = Field(default=0, ge=0, description="Agents the selector matches.")
-    violations: int = Field(default=0, ge=0, description="Violations seen (audit mode), coarse.")
+    violations: int = Field(
+        default=0, ge=0, description="Broken rules on the objects it selects, now (both modes)."
+    )
+    recentViolations: list[PolicyViolation] = Field(
+        default_factory=list,
+        max_length=MAX_LISTED_VIOLATIONS,
+        description="The most recent violations (at most 20; see violations for the total).",
+    )

@@ -144,7 +144,7 @@ POLICY = Resource(
         PrinterColumn("Ready", _condition("Ready")),
         PrinterColumn("Fleets", ".status.matchedFleets", "integer", "Fleets governed"),
         PrinterColumn("Agents", ".status.matchedAgents", "integer", "Agents governed"),
-        PrinterColumn("Violations", ".status.violations", "integer", "Violations seen", 1),
+        PrinterColumn("Violations", ".status.violations", "integer", "Rules broken now"),
         AGE,
     ),
 )

@@ -14,14 +14,17 @@ from typing import Any
 from lightkube import ApiError
 from pydantic import ValidationError
 
+from agentarmy.api import conditions as c
 from agentarmy.api.agent import AgentSpec, AgentStatus
 from agentarmy.api.common import describe_error, set_condition
-from agentarmy.operator import labels
+from agentarmy.operator import compliance, labels
 from agentarmy.operator.cache import AgentView, Cache, PodView
+from agentarmy.operator.decisions import announce
 from agentarmy.operator.expectations import Expectations
 from agentarmy.operator.kube import Kube, involved
 from agentarmy.operator.pods import PodContext, render_pod
 from agentarmy.operator.workqueue import Key
+from agentarmy.policy import agent_subject
 
 log = logging.getLogger("agentarmy.operator.agent")
 
@@ -40,6 +43,8 @@ class Observation:
     desired_hash: str
     replaced_exited: PodView | None = None
     replacing_outdated: bool = False
+    policy: compliance.Compliance | None = None
+    """The Policy verdict on the spec (None when the spec does not validate)."""
 
 
 def agent_status(
@@ -51,47 +56,55 @@ def agent_status(
     restarts = current.podRestarts + (1 if seen.replaced_exited else 0)
     pod = seen.pod
     if spec_error:
-        conds = set_condition(conds, "Ready", "False", "InvalidSpec", spec_error, gen)
-        conds = set_condition(conds, "Degraded", "True", "InvalidSpec", spec_error, gen)
-        conds = set_condition(conds, "Progressing", "False", "InvalidSpec", spec_error, gen)
+        conds = set_condition(conds, c.READY, "False", c.INVALID_SPEC, spec_error, gen)
+        conds = set_condition(conds, c.DEGRADED, "True", c.INVALID_SPEC, spec_error, gen)
+        conds = set_condition(conds, c.PROGRESSING, "False", c.INVALID_SPEC, spec_error, gen)
         phase = "Failed"
     elif create_error:
-        conds = set_condition(conds, "Ready", "False", "PodCreateFailed", create_error, gen)
-        conds = set_condition(conds, "Degraded", "True", "PodCreateFailed", create_error, gen)
-        conds = set_condition(conds, "Progressing", "True", "PodCreateFailed", "retrying", gen)
+        conds = set_condition(conds, c.READY, "False", c.POD_CREATE_FAILED, create_error, gen)
+        conds = set_condition(conds, c.DEGRADED, "True", c.POD_CREATE_FAILED, create_error, gen)
+        conds = set_condition(conds, c.PROGRESSING, "True", c.POD_CREATE_FAILED, "retrying", gen)
         phase = "Degraded"
     elif seen.replaced_exited is not None:
         exited = seen.replaced_exited
         why = f"agent process exited (code {exited.exit_code}, {exited.exit_reason or 'no reason'})"
-        conds = set_condition(conds, "Ready", "False", "AgentExited", why, gen)
-        conds = set_condition(conds, "Degraded", "True", "AgentExited", why + "; pod replaced", gen)
+        conds = set_condition(conds, c.READY, "False", c.AGENT_EXITED, why, gen)
+        conds = set_condition(conds, c.DEGRADED, "True", c.AGENT_EXITED, why + "; pod replaced", gen)
         conds = set_condition(
-            conds, "Progressing", "True", "ReplacingPod", "creating a new pod", gen
+            conds, c.PROGRESSING, "True", c.REPLACING_POD, "creating a new pod", gen
         )
         phase = "Degraded"
+    elif pod is None and seen.policy is not None and seen.policy.blocked:
+        why = "no Pod is created: " + "; ".join(f.text() for f in seen.policy.verdict.denials)
+        conds = set_condition(conds, c.READY, "False", c.BLOCKED_BY_POLICY, why, gen)
+        conds = set_condition(conds, c.DEGRADED, "True", c.BLOCKED_BY_POLICY, why, gen)
+        conds = set_condition(conds, c.PROGRESSING, "False", c.BLOCKED_BY_POLICY, why, gen)
+        phase = "Failed"
     elif pod is None or pod.deleting or seen.replacing_outdated:
         reason = (
-            "UpdatingPod" if seen.replacing_outdated or (pod and pod.deleting) else "CreatingPod"
+            c.UPDATING_POD if seen.replacing_outdated or (pod and pod.deleting) else c.CREATING_POD
         )
-        conds = set_condition(conds, "Ready", "False", reason, "pod is being (re)created", gen)
-        conds = set_condition(conds, "Progressing", "True", reason, "pod is being (re)created", gen)
-        phase = "Starting" if reason == "UpdatingPod" else "Pending"
+        conds = set_condition(conds, c.READY, "False", reason, "pod is being (re)created", gen)
+        conds = set_condition(conds, c.PROGRESSING, "True", reason, "pod is being (re)created", gen)
+        phase = "Starting" if reason == c.UPDATING_POD else "Pending"
     elif pod.ready and pod.phase == "Running":
         conds = set_condition(
-            conds, "Ready", "True", "PodReady", "agent pod is running and ready", gen
+            conds, c.READY, "True", c.POD_READY, "agent pod is running and ready", gen
         )
         conds = set_condition(
-            conds, "Progressing", "False", "Reconciled", "pod matches the spec", gen
+            conds, c.PROGRESSING, "False", c.RECONCILED, "pod matches the spec", gen
         )
-        conds = set_condition(conds, "Degraded", "False", "AgentRunning", "agent is healthy", gen)
+        conds = set_condition(conds, c.DEGRADED, "False", c.AGENT_RUNNING, "agent is healthy", gen)
         phase = "Running"
     else:
-        reason = "PodPending" if pod.phase == "Pending" else "PodNotReady"
-        conds = set_condition(conds, "Ready", "False", reason, f"pod phase {pod.phase}", gen)
-        conds = set_condition(conds, "Progressing", "True", reason, "waiting for the pod", gen)
+        reason = c.POD_PENDING if pod.phase == "Pending" else c.POD_NOT_READY
+        conds = set_condition(conds, c.READY, "False", reason, f"pod phase {pod.phase}", gen)
+        conds = set_condition(conds, c.PROGRESSING, "True", reason, "waiting for the pod", gen)
         phase = "Pending" if pod.phase == "Pending" else "Starting"
-    if not any(c.type == "Degraded" for c in conds):
-        conds = set_condition(conds, "Degraded", "False", "AgentRunning", "no failure seen", gen)
+    if not any(x.type == c.DEGRADED for x in conds):
+        conds = set_condition(conds, c.DEGRADED, "False", c.AGENT_RUNNING, "no failure seen", gen)
+    if seen.policy is not None:
+        conds = seen.policy.condition(conds, gen)
     return current.model_copy(
         update={
             "phase": phase,
@@ -116,6 +129,11 @@ class AgentReconciler:
             agent.name, agent.namespace, agent.uid, dict(agent.labels), spec, self.ctx
         )
 
+    def check_policy(self, agent: AgentView, spec: AgentSpec) -> compliance.Compliance:
+        subject = agent_subject(agent.namespace, agent.name, agent.labels, spec)
+        verdict = self.cache.policy_set().evaluate(subject)
+        return compliance.Compliance(verdict, subject, compliance.AGENT_CONSEQUENCE)
+
     async def reconcile(self, key: Key) -> float | None:
         namespace, name = key
         agent = self.cache.agent(namespace, name)
@@ -128,55 +146,55 @@ class AgentReconciler:
                 agent, agent_status(agent, describe_error(err), Observation(None, ""))
             )
             return None
+        policy = self.check_policy(agent, spec)
         desired = self.desired_pod(agent, spec)
         desired_hash = desired["metadata"]["labels"][labels.POD_HASH]
         pod = self.cache.pod(namespace, name)
         who = involved("Agent", namespace, name, agent.uid)
 
+        async def write(seen: PodView | None, create_error: str = "", **what: Any) -> None:
+            observed = Observation(seen, desired_hash, policy=policy, **what)
+            status = agent_status(agent, "", observed, create_error=create_error)
+            await self._write_status(agent, status, policy)
+
         if pod is None:
+            if policy.blocked:
+                # No Pod for a spec an enforce-mode Policy forbids (see compliance.py).
+                await write(None)
+                return None
             if self.expectations.pending(key, set()):
                 return FIRST_LOOK_SECONDS  # created a moment ago; the watch is behind
             try:
                 await self.kube.create(desired)
             except ApiError as err:
-                message = f"cannot create pod: {err.status.message}"
-                await self._write_status(
-                    agent,
-                    agent_status(agent, "", Observation(None, desired_hash), create_error=message),
-                )
+                await write(None, create_error=f"cannot create pod: {err.status.message}")
                 raise
             self.expectations.expect(key, [name])
             log.info("created pod", extra={"namespace": namespace, "agent": name})
             if not agent.status.get("observedGeneration"):
                 return FIRST_LOOK_SECONDS  # the first status write waits for the outcome
-            await self._write_status(
-                agent, agent_status(agent, "", Observation(None, desired_hash))
-            )
+            await write(None)
             return FIRST_LOOK_SECONDS
         self.expectations.pending(key, {name})  # seen: forget the expectation
         if pod.deleting:
             return WAIT_FOR_POD_GONE_SECONDS
         if pod.exited:
             await self.kube.delete("Pod", namespace, name)
+            then = "not replaced: a Policy forbids its spec" if policy.blocked else "replacing it"
             await self.kube.event(
                 who,
                 "Warning",
-                "AgentExited",
-                f"agent process exited with code {pod.exit_code}; replacing its pod",
+                c.AGENT_EXITED,
+                f"agent process exited with code {pod.exit_code}; {then}",
             )
-            await self._write_status(
-                agent, agent_status(agent, "", Observation(pod, desired_hash, replaced_exited=pod))
-            )
+            await write(pod, replaced_exited=pod)
             return WAIT_FOR_POD_GONE_SECONDS
-        if pod.pod_hash != desired_hash:
+        if pod.pod_hash != desired_hash and not policy.blocked:
             await self.kube.delete("Pod", namespace, name)
             await self.kube.event(
                 who, "Normal", "PodReplaced", "agent spec changed; replacing its pod"
             )
-            await self._write_status(
-                agent,
-                agent_status(agent, "", Observation(pod, desired_hash, replacing_outdated=True)),
-            )
+            await write(pod, replacing_outdated=True)
             return WAIT_FOR_POD_GONE_SECONDS
         if not pod.ready and not agent.status.get("observedGeneration"):
             # A new agent: its first status should say Ready, not "pending" and
@@ -184,16 +202,26 @@ class AgentReconciler:
             wait = FIRST_STATUS_GRACE_SECONDS - pod.age_seconds(datetime.now(UTC))
             if wait > 0:
                 return wait
-        await self._write_status(agent, agent_status(agent, "", Observation(pod, desired_hash)))
+        await write(pod)
         return None
 
-    async def _write_status(self, agent: AgentView, status: AgentStatus) -> None:
-        """Patch status only when it carries news."""
+    async def _write_status(
+        self,
+        agent: AgentView,
+        status: AgentStatus,
+        policy: compliance.Compliance | None = None,
+    ) -> None:
+        """Patch status only when it carries news; a changed Policy verdict is also an
+        Event and a decision line, once the status that carries it is written."""
         new = status.model_dump(mode="json", exclude_none=True)
-        old = AgentStatus.model_validate(agent.status or {}).model_dump(
-            mode="json", exclude_none=True
+        current = AgentStatus.model_validate(agent.status or {})
+        old = current.model_dump(mode="json", exclude_none=True)
+        if new == old:
+            return
+        await self.kube.patch_status(
+            "Agent", agent.namespace, agent.name, new, agent.resource_version
         )
-        if new != old:
-            await self.kube.patch_status(
-                "Agent", agent.namespace, agent.name, new, agent.resource_version
-            )
+        condition = compliance.changed(current.conditions, status.conditions)
+        if condition is not None and policy is not None:
+            who = involved("Agent", agent.namespace, agent.name, agent.uid)
+            await announce(self.kube, who, condition, policy)

@@ -22,6 +22,14 @@ def wanted(autoscaling: Autoscaling, queued: int, running: int) -> int:
     return max(autoscaling.minReplicas, min(autoscaling.maxReplicas, size))
 
 
+def within_limit(target: int, current: int, limit: int | None) -> int:
+    """``target`` held at an enforced Policy limit: never grow past it (a Fleet already
+    above it is not shrunk by the limit; see operator/compliance.py)."""
+    if limit is None or target <= limit or target <= current:
+        return target
+    return max(current, limit)
+
+
 @dataclass
 class Recommendations:
     """Recent wishes per fleet (in memory, like the HPA's: a restart only

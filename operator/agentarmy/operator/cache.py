@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
+from agentarmy.api.common import describe_error
 from agentarmy.operator import labels
+from agentarmy.policy import NamedPolicy, PolicySet
 
 
 def _identity(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -126,6 +130,7 @@ class FleetView:
     resource_version: str
     generation: int
     deleting: bool
+    labels: Mapping[str, str]
     spec: Mapping[str, Any] = field(repr=False)
     status: Mapping[str, Any] = field(repr=False)
 
@@ -135,9 +140,36 @@ class FleetView:
     ) -> FleetView:
         return cls(
             **_identity(meta),
+            labels=dict(meta.get("labels") or {}),
             spec=spec,
             status=status,
         )
+
+
+@dataclass(frozen=True)
+class PolicyView:
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    generation: int
+    deleting: bool
+    policy: NamedPolicy | None = field(repr=False)
+    """None when the stored spec does not validate (see ``error``)."""
+    error: str
+    status: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def of(
+        cls, meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any]
+    ) -> PolicyView:
+        identity = _identity(meta)
+        policy, error = None, ""
+        try:
+            policy = NamedPolicy.from_object({"metadata": meta, "spec": spec})
+        except ValidationError as err:
+            error = describe_error(err)
+        return cls(**identity, policy=policy, error=error, status=status)
 
 
 def _one(store: Any) -> Any:
@@ -154,18 +186,53 @@ class Cache:
     agents_by_fleet: Any = None
     fleets: Any = None
     pods: Any = None
+    policies: Any = None
+    policy_generation: int = 0
+    """Bumped on every Policy event; the PolicySet is rebuilt when it moved."""
+    _policy_set: tuple[int, PolicySet] | None = None
 
     @property
     def bound(self) -> bool:
         return self.agents is not None
 
-    def bind(self, *, agents: Any, agents_by_fleet: Any, fleets: Any, pods: Any) -> None:
-        self.agents, self.agents_by_fleet, self.fleets, self.pods = (
+    def bind(
+        self, *, agents: Any, agents_by_fleet: Any, fleets: Any, pods: Any, policies: Any
+    ) -> None:
+        self.agents, self.agents_by_fleet, self.fleets, self.pods, self.policies = (
             agents,
             agents_by_fleet,
             fleets,
             pods,
+            policies,
         )
+
+    def policies_changed(self) -> None:
+        self.policy_generation += 1
+
+    def policy_set(self) -> PolicySet:
+        """Every valid Policy of the cluster, compiled; rebuilt only after a Policy event."""
+        if self._policy_set is None or self._policy_set[0] != self.policy_generation:
+            generation = self.policy_generation
+            views = [_one(store) for store in self.policies.values()] if self.policies else []
+            valid = [v.policy for v in views if v is not None and v.policy and not v.deleting]
+            self._policy_set = (generation, PolicySet(valid))
+        return self._policy_set[1]
+
+    def policy(self, namespace: str, name: str) -> PolicyView | None:
+        result: PolicyView | None = _one(self.policies.get((namespace, name)))
+        return result
+
+    def policies_in(self, namespace: str) -> list[PolicyView]:
+        views = (_one(store) for store in (self.policies.values() if self.policies else ()))
+        return [v for v in views if v is not None and v.namespace == namespace]
+
+    def agents_in(self, namespace: str) -> list[AgentView]:
+        views = (_one(store) for store in self.agents.values())
+        return [v for v in views if v is not None and v.namespace == namespace]
+
+    def fleets_in(self, namespace: str) -> list[FleetView]:
+        views = (_one(store) for store in self.fleets.values())
+        return [v for v in views if v is not None and v.namespace == namespace]
 
     def agent(self, namespace: str, name: str) -> AgentView | None:
         result: AgentView | None = _one(self.agents.get((namespace, name)))
@@ -187,4 +254,5 @@ class Cache:
             "agents": sum(1 for _ in self.agents) if self.bound else 0,
             "fleets": sum(1 for _ in self.fleets) if self.bound else 0,
             "pods": sum(1 for _ in self.pods) if self.bound else 0,
+            "policies": sum(1 for _ in self.policies) if self.bound else 0,
         }

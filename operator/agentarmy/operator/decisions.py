@@ -9,8 +9,11 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+from agentarmy.api.common import Condition
 from agentarmy.logs import log_fields
 from agentarmy.operator import metrics
+from agentarmy.operator.compliance import Compliance
+from agentarmy.operator.kube import Kube
 from agentarmy.policy import Subject, Verdict
 
 decision_log = logging.getLogger("agentarmy.operator.decisions")
@@ -41,3 +44,12 @@ def record_verdict(source: Source, subject: Subject, verdict: Verdict, operation
             "policies": list(verdict.policies),
         },
     )
+
+
+async def announce(
+    kube: Kube, involved: dict[str, str], condition: Condition, policy: Compliance
+) -> None:
+    """A background verdict that changed: a decision line, a counter and an Event."""
+    record_verdict("background", policy.subject, policy.verdict)
+    type_ = "Normal" if condition.status == "True" else "Warning"
+    await kube.event(involved, type_, condition.reason, condition.message)

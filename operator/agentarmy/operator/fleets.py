@@ -16,13 +16,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from agentarmy.api import conditions as c
 from agentarmy.api.common import API_VERSION, LabelSelector, describe_error, set_condition
 from agentarmy.api.fleet import FleetSpec, FleetStatus
-from agentarmy.operator import labels, rollout
+from agentarmy.operator import compliance, labels, rollout
 from agentarmy.operator.cache import Cache, FleetView
+from agentarmy.operator.decisions import announce
 from agentarmy.operator.expectations import Expectations
 from agentarmy.operator.kube import Kube, involved
 from agentarmy.operator.workqueue import Key
+from agentarmy.policy import effective_rules, fleet_subject
 
 log = logging.getLogger("agentarmy.operator.fleet")
 
@@ -102,7 +105,16 @@ class FleetReconciler:
         expected = self.expectations.pending(key, seen)
         members += [rollout.Member(n, hash_, False, False, "9999") for n in sorted(expected)]
 
-        decision = rollout.plan(name, spec, hash_, members, taken_names=seen | expected)
+        policy = self.check_policy(fleet, spec)
+        decision = rollout.plan(
+            name,
+            rollout.within_policy(spec, len(members), policy.replica_limit),
+            hash_,
+            members,
+            taken_names=seen | expected,
+        )
+        if policy.blocked:
+            decision = rollout.without_new_agents(decision, spec.replicas, members)
         await self._apply(fleet, spec, hash_, decision)
 
         status = rollout.fleet_status(
@@ -112,11 +124,23 @@ class FleetReconciler:
             hash_,
             selector_string(name, spec),
             [m for m in members if m.name not in decision.delete],
+            policy=policy,
         )
-        requeue = await self._write_status(key, fleet, status)
+        requeue = await self._write_status(key, fleet, status, policy)
         if spec.minReadySeconds and any(m.ready and not m.available for m in members):
             requeue = min(requeue or spec.minReadySeconds, float(spec.minReadySeconds))
         return requeue
+
+    def check_policy(self, fleet: FleetView, spec: FleetSpec) -> compliance.Compliance:
+        subject = fleet_subject(fleet.namespace, fleet.name, fleet.labels, spec)
+        policies = self.cache.policy_set()
+        limit = effective_rules(policies, fleet.namespace, subject.label_sets).enforced.max_replicas
+        return compliance.Compliance(
+            policies.evaluate(subject),
+            subject,
+            compliance.FLEET_CONSEQUENCE,
+            replica_limit=None if limit is None else int(limit.value),
+        )
 
     async def _apply(
         self, fleet: FleetView, spec: FleetSpec, hash_: str, decision: rollout.Plan
@@ -168,11 +192,12 @@ class FleetReconciler:
         if errors:
             raise errors[0]
 
-    async def _write_status(self, key: Key, fleet: FleetView, status: FleetStatus) -> float | None:
+    async def _write_status(
+        self, key: Key, fleet: FleetView, status: FleetStatus, policy: compliance.Compliance
+    ) -> float | None:
         new = status.model_dump(mode="json", exclude_none=True)
-        old = FleetStatus.model_validate(fleet.status or {}).model_dump(
-            mode="json", exclude_none=True
-        )
+        current = FleetStatus.model_validate(fleet.status or {})
+        old = current.model_dump(mode="json", exclude_none=True)
         if new == old:
             return None
         wait = self._last_status_write.get(key, 0.0) + STATUS_INTERVAL - time.monotonic()
@@ -182,13 +207,17 @@ class FleetReconciler:
             "Fleet", fleet.namespace, fleet.name, new, fleet.resource_version
         )
         self._last_status_write[key] = time.monotonic()
+        condition = compliance.changed(current.conditions, status.conditions)
+        if condition is not None:
+            who = involved("Fleet", fleet.namespace, fleet.name, fleet.uid)
+            await announce(self.kube, who, condition, policy)
         return None
 
     async def _invalid(self, fleet: FleetView, err: ValidationError) -> None:
         message = describe_error(err)
         current = FleetStatus.model_validate(fleet.status or {})
         conditions = set_condition(
-            current.conditions, "Progressing", "False", "InvalidSpec", message, fleet.generation
+            current.conditions, c.PROGRESSING, "False", c.INVALID_SPEC, message, fleet.generation
         )
         status = current.model_copy(
             update={

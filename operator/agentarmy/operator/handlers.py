@@ -10,11 +10,14 @@ from typing import Any
 import kopf
 
 from agentarmy.api.common import GROUP, VERSION
-from agentarmy.operator.cache import AgentView, Cache, FleetView, PodView
+from agentarmy.operator.cache import AgentView, Cache, FleetView, PodView, PolicyView
 from agentarmy.operator.labels import AGENT as AGENT_LABEL
 from agentarmy.operator.labels import FLEET as FLEET_LABEL
 from agentarmy.operator.labels import MANAGED_BY, MANAGER
 from agentarmy.operator.workqueue import WorkQueue
+
+POLICY_STATUS_DELAY = 2.0
+"""Seconds a Policy's status waits after a change of what it may match."""
 
 AGENT_POD_LABELS: dict[str, Any] = {
     AGENT_LABEL: kopf.PRESENT,
@@ -26,8 +29,21 @@ def _plain(value: Any) -> dict[str, Any]:
     return copy.deepcopy(dict(value or {}))
 
 
-def build_registry(cache: Cache, agents: WorkQueue, fleets: WorkQueue) -> kopf.OperatorRegistry:
+def build_registry(
+    cache: Cache, agents: WorkQueue, fleets: WorkQueue, policies: WorkQueue
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
+
+    def policies_of(namespace: str) -> None:
+        """Queue the Policies of ``namespace``: what they match may have changed. Delayed,
+        so a thousand Agents changing cost one Policy status pass, not a thousand."""
+        if cache.bound:
+            for view in cache.policies_in(namespace):
+                policies.add_after((namespace, view.name), POLICY_STATUS_DELAY)
+
+    # What each namespace's verdicts were computed from. Only an optimisation: our own
+    # Policy status writes change nothing of it and must not re-queue every object.
+    rules_seen: dict[str, frozenset[tuple[str, str, int, bool]]] = {}
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -85,6 +101,17 @@ def build_registry(cache: Cache, agents: WorkQueue, fleets: WorkQueue) -> kopf.O
     ) -> dict[tuple[str, str], PodView]:
         return {(namespace or "", labels[AGENT_LABEL]): PodView.of(meta, status)}
 
+    @kopf.index(GROUP, VERSION, "policies", id="policy_index", registry=registry)
+    async def policy_index(
+        namespace: str | None,
+        name: str,
+        meta: kopf.Meta,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        **_: Any,
+    ) -> dict[tuple[str, str], PolicyView]:
+        return {(namespace or "", name): PolicyView.of(meta, _plain(spec), _plain(status))}
+
     def bind(kwargs: dict[str, Any]) -> None:
         if not cache.bound:
             cache.bind(
@@ -92,6 +119,7 @@ def build_registry(cache: Cache, agents: WorkQueue, fleets: WorkQueue) -> kopf.O
                 agents_by_fleet=kwargs["agents_by_fleet_index"],
                 fleets=kwargs["fleet_index"],
                 pods=kwargs["pod_index"],
+                policies=kwargs["policy_index"],
             )
 
     # Handlers are coroutines: sync ones would run in a thread pool, slower and
@@ -105,11 +133,31 @@ def build_registry(cache: Cache, agents: WorkQueue, fleets: WorkQueue) -> kopf.O
         fleet = labels.get(FLEET_LABEL)
         if fleet:
             fleets.add((namespace or "", fleet))
+        policies_of(namespace or "")
 
     @kopf.on.event(GROUP, VERSION, "fleets", id="fleet_changed", registry=registry)
     async def fleet_changed(namespace: str | None, name: str, **kwargs: Any) -> None:
         bind(kwargs)
         fleets.add((namespace or "", name))
+        policies_of(namespace or "")
+
+    @kopf.on.event(GROUP, VERSION, "policies", id="policy_changed", registry=registry)
+    async def policy_changed(namespace: str | None, name: str, **kwargs: Any) -> None:
+        """A Policy changed (or went away): every verdict in its namespace may differ."""
+        bind(kwargs)
+        ns = namespace or ""
+        policies.add((ns, name))
+        rules = frozenset(
+            (v.name, v.uid, v.generation, v.deleting) for v in cache.policies_in(ns)
+        )
+        if rules_seen.get(ns) == rules:
+            return
+        rules_seen[ns] = rules
+        cache.policies_changed()
+        for agent in cache.agents_in(ns):
+            agents.add((ns, agent.name))
+        for fleet in cache.fleets_in(ns):
+            fleets.add((ns, fleet.name))
 
     @kopf.on.event("", "v1", "pods", labels=AGENT_POD_LABELS, id="pod_changed", registry=registry)
     async def pod_changed(namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:

@@ -22,7 +22,13 @@ log = logging.getLogger("agentarmy.operator")
 
 AgentResource = create_namespaced_resource(GROUP, VERSION, "Agent", "agents")
 FleetResource = create_namespaced_resource(GROUP, VERSION, "Fleet", "fleets")
-RESOURCES: dict[str, Any] = {"Agent": AgentResource, "Fleet": FleetResource, "Pod": Pod}
+PolicyResource = create_namespaced_resource(GROUP, VERSION, "Policy", "policies")
+RESOURCES: dict[str, Any] = {
+    "Agent": AgentResource,
+    "Fleet": FleetResource,
+    "Policy": PolicyResource,
+    "Pod": Pod,
+}
 
 
 class Kube:

@@ -29,6 +29,7 @@ from agentarmy.operator.health import start_health_server
 from agentarmy.operator.kube import Kube
 from agentarmy.operator.leader import LeaderElector
 from agentarmy.operator.pods import PodContext
+from agentarmy.operator.policies import PolicyReconciler
 from agentarmy.operator.settings import OperatorConfig, kopf_settings
 from agentarmy.operator.stats import StatsSync
 from agentarmy.operator.workqueue import Key, WorkQueue, run_workers
@@ -143,14 +144,16 @@ async def _lead(
     stop: asyncio.Event,
 ) -> int:
     agent_queue, fleet_queue = WorkQueue("agent"), WorkQueue("fleet")
+    policy_queue = WorkQueue("policy")
     kube = Kube(client)
     agents = AgentReconciler(cache, kube, PodContext(config.router_url, config.router_ca_file))
     fleets = FleetReconciler(cache, kube)
+    policies = PolicyReconciler(cache, kube)
     kopf_stop = asyncio.Event()
     tasks = {
         "kopf": asyncio.create_task(
             kopf.operator(
-                registry=build_registry(cache, agent_queue, fleet_queue),
+                registry=build_registry(cache, agent_queue, fleet_queue, policy_queue),
                 settings=kopf_settings(),
                 clusterwide=True,
                 standalone=True,
@@ -173,8 +176,18 @@ async def _lead(
                 _log_error("Fleet"),
             )
         ),
+        "policies": asyncio.create_task(
+            run_workers(
+                policy_queue,
+                instrumented("Policy", policies.reconcile),
+                config.policy_workers,
+                _log_error("Policy"),
+            )
+        ),
         "gauges": asyncio.create_task(
-            _report_gauges(cache, {"Agent": agent_queue, "Fleet": fleet_queue})
+            _report_gauges(
+                cache, {"Agent": agent_queue, "Fleet": fleet_queue, "Policy": policy_queue}
+            )
         ),
         "lease": asyncio.create_task(elector.keep()),
         "stats": asyncio.create_task(_sync_stats(config, cache, kube)),
@@ -187,7 +200,7 @@ async def _lead(
             if task in done and name != "stop" and not task.cancelled() and task.exception():
                 log.error("%s stopped: %r", name, task.exception())
     # Stop acting first; only then hand the lease over.
-    for name in ("agents", "fleets", "gauges", "lease", "stats"):
+    for name in ("agents", "fleets", "policies", "gauges", "lease", "stats"):
         tasks[name].cancel()
     kopf_stop.set()
     with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):

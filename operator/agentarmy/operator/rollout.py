@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from agentarmy.api import conditions as c
 from agentarmy.api.common import Condition, parse_int_or_percent, set_condition
 from agentarmy.api.fleet import FleetSpec, FleetStatus
+from agentarmy.operator.compliance import Compliance
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,23 @@ def plan(
     return Plan(_new_names(fleet, template_hash, to_create, taken_names), tuple(deletes))
 
 
+def within_policy(spec: FleetSpec, existing: int, replica_limit: int | None) -> FleetSpec:
+    """The spec to plan with under an enforced replica limit: never grow past the limit,
+    never shrink because of it (Agents that run keep running; see compliance.py)."""
+    if replica_limit is None or spec.replicas <= replica_limit:
+        return spec
+    return spec.model_copy(update={"replicas": max(replica_limit, min(existing, spec.replicas))})
+
+
+def without_new_agents(decision: Plan, replicas: int, members: Sequence[Member]) -> Plan:
+    """A plan for a template a Policy forbids: create nothing; delete only what is in
+    excess of replicas (a rollout that cannot create must not remove old Agents)."""
+    excess = len(members) - replicas
+    if excess <= 0:
+        return Plan((), ())
+    return Plan((), tuple(m.name for m in least_useful_first(members)[:excess]))
+
+
 def is_available(ready_since: str, min_ready_seconds: int, now: datetime) -> bool:
     if not ready_since:
         return False
@@ -118,6 +137,7 @@ def fleet_status(
     selector: str,
     members: Sequence[Member],
     halted_reason: str = "",
+    policy: Compliance | None = None,
 ) -> FleetStatus:
     replicas = spec.replicas
     ready = sum(m.ready for m in members)
@@ -130,55 +150,65 @@ def fleet_status(
     if available >= replicas - max_unavailable:
         conditions = set_condition(
             conditions,
-            "Available",
+            c.AVAILABLE,
             "True",
-            "MinimumAgentsAvailable",
+            c.MINIMUM_AGENTS_AVAILABLE,
             f"{available} of {replicas} agents available",
             generation,
         )
     else:
         conditions = set_condition(
             conditions,
-            "Available",
+            c.AVAILABLE,
             "False",
-            "MinimumAgentsUnavailable",
+            c.MINIMUM_AGENTS_UNAVAILABLE,
             f"{available} of {replicas} agents available, need {replicas - max_unavailable}",
             generation,
         )
     if complete:
         conditions = set_condition(
             conditions,
-            "Progressing",
+            c.PROGRESSING,
             "True",
-            "RolloutComplete",
+            c.ROLLOUT_COMPLETE,
             f"all {replicas} agents run the current template",
             generation,
         )
         conditions = set_condition(
-            conditions, "Reconciling", "False", "Reconciled", "desired state reached", generation
+            conditions, c.RECONCILING, "False", c.RECONCILED, "desired state reached", generation
         )
     else:
         reason = (
-            "RollingUpdate"
+            c.ROLLING_UPDATE
             if updated < len(members)
             else (
-                "ScalingUp"
+                c.SCALING_UP
                 if len(members) < replicas
-                else "ScalingDown"
+                else c.SCALING_DOWN
                 if len(members) > replicas
-                else "WaitingForAgents"
+                else c.WAITING_FOR_AGENTS
             )
         )
         message = (
             f"{updated} updated, {ready} ready, {available} available of {replicas} "
             f"desired ({len(members)} exist)"
         )
-        conditions = set_condition(conditions, "Progressing", "True", reason, message, generation)
-        conditions = set_condition(conditions, "Reconciling", "True", reason, message, generation)
+        conditions = set_condition(conditions, c.PROGRESSING, "True", reason, message, generation)
+        conditions = set_condition(conditions, c.RECONCILING, "True", reason, message, generation)
+    held = policy is not None and (
+        policy.blocked or (policy.replica_limit is not None and replicas > policy.replica_limit)
+    )
+    if policy is not None:
+        if held and not complete:
+            why = "held by policy: " + "; ".join(f.text() for f in policy.verdict.denials)
+            conditions = set_condition(
+                conditions, c.PROGRESSING, "False", c.BLOCKED_BY_POLICY, why, generation
+            )
+        conditions = policy.condition(conditions, generation)
     if halted_reason:
         phase = "Halted"
     elif complete:
-        phase = "Available"
+        phase = c.AVAILABLE
     elif available < replicas - max_unavailable and updated == len(members) == replicas:
         phase = "Degraded"
     else:

@@ -39,6 +39,7 @@ class OperatorConfig:
     """How often router figures are copied into Agent and Fleet status."""
     agent_workers: int = 16
     fleet_workers: int = 4
+    policy_workers: int = 2
 
     @classmethod
     def from_env(cls) -> OperatorConfig:

@@ -22,6 +22,8 @@ from agentarmy.api.fleet import FleetSpec
 from agentarmy.operator import autoscale
 from agentarmy.operator.cache import Cache, FleetView
 from agentarmy.operator.kube import Kube, involved
+from agentarmy.policy import effective_rules, fleet_subject
+from agentarmy.policy.effective import Limit
 from agentarmy.router.client import RouterClient
 
 log = logging.getLogger("agentarmy.operator.stats")
@@ -107,6 +109,11 @@ class StatsSync:
             return 0
         wish = autoscale.wanted(spec.autoscaling, fleet.queued, fleet.running)
         target = self.recommendations.decide(key, spec.autoscaling, spec.replicas, wish, now)
+        limit = self._replica_limit(view, spec)
+        wanted = target
+        target = autoscale.within_limit(
+            target, spec.replicas, None if limit is None else int(limit.value)
+        )
         if target == spec.replicas:
             return 0
         await self.kube.scale("Fleet", view.namespace, view.name, target)
@@ -115,6 +122,8 @@ class StatsSync:
             f"{fleet.running} running tasks, target "
             f"{spec.autoscaling.targetQueueDepthPerAgent} per agent"
         )
+        if target < wanted and limit is not None:
+            message += f"; held at {target} by policy {limit.policy} (maxReplicasPerFleet)"
         log.info(
             "autoscaled fleet",
             extra={
@@ -128,6 +137,12 @@ class StatsSync:
             involved("Fleet", view.namespace, view.name, view.uid), "Normal", "Autoscaled", message
         )
         return 2
+
+    def _replica_limit(self, view: FleetView, spec: FleetSpec) -> Limit | None:
+        """The enforced maxReplicasPerFleet: the autoscaler never scales past it."""
+        subject = fleet_subject(view.namespace, view.name, view.labels, spec)
+        rules = effective_rules(self.cache.policy_set(), view.namespace, subject.label_sets)
+        return rules.enforced.max_replicas
 
     async def _patch(
         self, kind: str, namespace: str, name: str, status: dict[str, Any], resource_version: str
