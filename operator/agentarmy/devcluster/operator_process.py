@@ -10,6 +10,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
+from agentarmy.devcluster.admission import LocalAdmission
 from agentarmy.devcluster.cluster import free_port
 
 OPERATOR_NAMESPACE = "agentarmy-system"
@@ -25,9 +26,10 @@ class OperatorProcess:
         lease_seconds: float = 6.0,
         router_url: str = "http://127.0.0.1:1",
         extra_env: dict[str, str] | None = None,
+        admission: LocalAdmission | None = None,
     ) -> None:
         self.kubeconfig = kubeconfig
-        self.extra_env = extra_env or {}
+        self.extra_env = {**(admission.operator_env() if admission else {}), **(extra_env or {})}
         self.identity = identity
         self.port = free_port()
         self.lease_seconds = lease_seconds

@@ -85,6 +85,18 @@ class CertificateAuthority:
         _write_cert(self.cert_file, self.certificate)
         _write_key(self.key_file, self.key)
 
+    @classmethod
+    def load(cls, directory: Path) -> CertificateAuthority:
+        """The CA an earlier ``CertificateAuthority(directory)`` wrote (to issue more)."""
+        ca = cls.__new__(cls)
+        ca.directory = directory
+        ca.cert_file, ca.key_file = directory / "ca.crt", directory / "ca.key"
+        ca.certificate = x509.load_pem_x509_certificate(ca.cert_file.read_bytes())
+        key = serialization.load_pem_private_key(ca.key_file.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        ca.key = key
+        return ca
+
     def issue(
         self,
         name: str,

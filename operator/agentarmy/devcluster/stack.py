@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from agentarmy.devcluster.admission import install_admission, remove_admission
 from agentarmy.devcluster.cluster import DevCluster, free_port
 from agentarmy.devcluster.operator_process import OPERATOR_NAMESPACE, OperatorProcess
 from agentarmy.devcluster.podrunner import pod_runner
@@ -110,6 +111,7 @@ def local_stack(
             {"token": admin_token, "name": "local-admin", "role": "admin"},
         ],
     )
+    admission = install_admission(cluster, OPERATOR_NAMESPACE)
     router.start()
     admin_token_file = workdir / "operator-router.token"
     admin_token_file.write_text(admin_token)
@@ -122,6 +124,7 @@ def local_stack(
             "AGENTARMY_ROUTER_TOKEN_FILE": str(admin_token_file),
             "AGENTARMY_STATS_SECONDS": str(stats_seconds),
         },
+        admission=admission,
     )
     try:
         operator.start()
@@ -132,6 +135,7 @@ def local_stack(
     finally:
         operator.stop()
         router.stop()
+        remove_admission(cluster, OPERATOR_NAMESPACE)
 
 
 async def wait_for_agents(

@@ -14,18 +14,27 @@ from agentarmy.logs import log_fields
 from agentarmy.operator import metrics
 from agentarmy.operator.compliance import Compliance
 from agentarmy.operator.kube import Kube
-from agentarmy.policy import Subject, Verdict
+from agentarmy.policy import Admission, Subject, Verdict
 
 decision_log = logging.getLogger("agentarmy.operator.decisions")
 
 Source = Literal["admission", "background"]
 
 
-def record_verdict(source: Source, subject: Subject, verdict: Verdict, operation: str = "") -> None:
+def record_verdict(
+    source: Source,
+    subject: Subject,
+    verdict: Verdict,
+    operation: str = "",
+    admission: Admission | None = None,
+) -> None:
+    """``admission`` (when given) decides the outcome: an update may keep old findings."""
+    outcome = verdict.outcome if admission is None else admission.outcome
+    denied = verdict.denials if admission is None else admission.denied
     rules = sorted({f.rule for f in verdict.findings}) or [""]
     for rule in rules:
-        metrics.POLICY_VERDICTS.labels(source, verdict.outcome, rule).inc()
-    first = verdict.denials[0] if verdict.denials else (verdict.findings or (None,))[0]
+        metrics.POLICY_VERDICTS.labels(source, outcome, rule).inc()
+    first = denied[0] if denied else (verdict.findings or (None,))[0]
     log_fields(
         decision_log,
         "policy verdict",
@@ -36,7 +45,7 @@ def record_verdict(source: Source, subject: Subject, verdict: Verdict, operation
             "kind": subject.kind,
             "namespace": subject.namespace,
             "object": subject.name,
-            "verdict": verdict.outcome,
+            "verdict": outcome,
             "policy": first.policy if first else "",
             "rule": first.rule if first else "",
             "reason": first.message if first else "",
@@ -53,3 +62,23 @@ async def announce(
     record_verdict("background", policy.subject, policy.verdict)
     type_ = "Normal" if condition.status == "True" else "Warning"
     await kube.event(involved, type_, condition.reason, condition.message)
+
+
+def record_policy_check(namespace: str, name: str, operation: str, problems: list[str]) -> None:
+    """Admission's verdict on a Policy object itself (valid or not)."""
+    outcome = "deny" if problems else "allow"
+    metrics.POLICY_VERDICTS.labels("admission", outcome, "policySpec" if problems else "").inc()
+    log_fields(
+        decision_log,
+        "policy verdict",
+        {
+            "event": "policy-verdict",
+            "source": "admission",
+            "operation": operation,
+            "kind": "Policy",
+            "namespace": namespace,
+            "object": name,
+            "verdict": outcome,
+            "reason": "; ".join(problems),
+        },
+    )

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import kopf
@@ -30,8 +31,10 @@ from agentarmy.operator.kube import Kube
 from agentarmy.operator.leader import LeaderElector
 from agentarmy.operator.pods import PodContext
 from agentarmy.operator.policies import PolicyReconciler
+from agentarmy.operator.policywatch import PolicyCatalog
 from agentarmy.operator.settings import OperatorConfig, kopf_settings
 from agentarmy.operator.stats import StatsSync
+from agentarmy.operator.webhook import WebhookConfig, start_webhook
 from agentarmy.operator.workqueue import Key, WorkQueue, run_workers
 from agentarmy.router.client import RouterClient, TokenSource
 
@@ -95,8 +98,52 @@ async def _sync_stats(config: OperatorConfig, cache: Cache, kube: Kube) -> None:
         await StatsSync(cache, kube, client, config.stats_seconds).run()
 
 
+@contextlib.asynccontextmanager
+async def _admission(config: OperatorConfig, client: AsyncClient) -> AsyncIterator[PolicyCatalog]:
+    """Watch Policies and serve the webhook (every replica, leader or not)."""
+    catalog = PolicyCatalog(client)
+    if not config.webhook_cert_file:
+        log.info("no AGENTARMY_WEBHOOK_CERT_FILE: this replica serves no admission webhook")
+        catalog.synced.set()
+        yield catalog
+        return
+    webhook = WebhookConfig(
+        config.webhook_address,
+        config.webhook_port,
+        Path(config.webhook_cert_file),
+        Path(config.webhook_key_file or config.webhook_cert_file),
+        config.webhook_reload_seconds,
+    )
+    try:
+        runner, follower = await start_webhook(webhook, catalog, client)
+    except (OSError, ssl.SSLError) as err:
+        raise StartupError(
+            f"cannot serve the admission webhook on {webhook.address}:{webhook.port} with "
+            f"{webhook.cert_file} and {webhook.key_file}: {err}; check "
+            "AGENTARMY_WEBHOOK_CERT_FILE, AGENTARMY_WEBHOOK_KEY_FILE and AGENTARMY_WEBHOOK_PORT"
+        ) from None
+    watching = asyncio.create_task(catalog.run())
+    log.info("serving the admission webhook on %s:%d", webhook.address, webhook.port)
+    try:
+        yield catalog
+    finally:
+        watching.cancel()
+        follower.cancel()
+        await runner.cleanup()
+
+
 async def run(config: OperatorConfig, stop: asyncio.Event) -> int:
     client = AsyncClient(field_manager=labels.FIELD_MANAGER)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(client.close)
+        catalog = await stack.enter_async_context(_admission(config, client))
+        return await _run(config, client, catalog, stop)
+    raise AssertionError("unreachable")  # pragma: no cover (mypy: the stack may swallow)
+
+
+async def _run(
+    config: OperatorConfig, client: AsyncClient, catalog: PolicyCatalog, stop: asyncio.Event
+) -> int:
     cache = Cache()
     state = {"leader": False}
     try:
@@ -104,10 +151,9 @@ async def run(config: OperatorConfig, stop: asyncio.Event) -> int:
             config.health_address,
             config.health_port,
             alive=lambda: True,
-            ready=lambda: not state["leader"] or cache.bound,
+            ready=lambda: catalog.synced.is_set() and (not state["leader"] or cache.bound),
         )
     except OSError as err:
-        await client.close()
         raise StartupError(
             f"cannot serve /healthz and /metrics on {config.health_address}:"
             f"{config.health_port}: {err.strerror}; set AGENTARMY_HEALTH_PORT to a free port"
@@ -133,7 +179,6 @@ async def run(config: OperatorConfig, stop: asyncio.Event) -> int:
         return await _lead(config, client, cache, elector, stop)
     finally:
         await health.cleanup()
-        await client.close()
 
 
 async def _lead(

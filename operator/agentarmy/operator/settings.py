@@ -37,6 +37,13 @@ class OperatorConfig:
     """Bearer token for the router's stats (in a pod: a projected ServiceAccount token)."""
     stats_seconds: float = 60.0
     """How often router figures are copied into Agent and Fleet status."""
+    webhook_cert_file: str = ""
+    """TLS certificate of the validating webhook; empty: this replica serves no admission."""
+    webhook_key_file: str = ""
+    webhook_address: str = "0.0.0.0"
+    webhook_port: int = 9443
+    webhook_reload_seconds: float = 10.0
+    """How often the certificate files are checked for a rotation."""
     agent_workers: int = 16
     fleet_workers: int = 4
     policy_workers: int = 2
@@ -58,6 +65,13 @@ class OperatorConfig:
             identity=env.get("POD_NAME") or defaults.identity,
             health_address=env.get("AGENTARMY_HEALTH_ADDRESS", defaults.health_address),
             health_port=int(env.get("AGENTARMY_HEALTH_PORT", defaults.health_port)),
+            webhook_cert_file=env.get("AGENTARMY_WEBHOOK_CERT_FILE", ""),
+            webhook_key_file=env.get("AGENTARMY_WEBHOOK_KEY_FILE", ""),
+            webhook_address=env.get("AGENTARMY_WEBHOOK_ADDRESS", defaults.webhook_address),
+            webhook_port=int(env.get("AGENTARMY_WEBHOOK_PORT", defaults.webhook_port)),
+            webhook_reload_seconds=float(
+                env.get("AGENTARMY_WEBHOOK_RELOAD_SECONDS", defaults.webhook_reload_seconds)
+            ),
         )
 
 
