@@ -7,7 +7,9 @@ controller, with kube-controller-manager at its default flags: the anchor) and
 a Fleet of N agents (our operator), each timed from create to N ready. Prints
 the ratio fleet/deployment, the operator's API writes per Agent and its peak
 RSS. Pods run on kwok nodes; no agent processes are started (no pod runner),
-so both sides measure control-plane work only. Numbers, not pass/fail.
+so both sides measure control-plane work only. The admission webhook is on
+(every Agent the operator creates passes it), unless --no-webhook. Numbers,
+not pass/fail.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agentarmy.api import crdgen
+from agentarmy.devcluster.admission import install_admission
 from agentarmy.devcluster.cluster import DevCluster
 from agentarmy.devcluster.operator_process import OPERATOR_NAMESPACE, OperatorProcess
 
@@ -110,6 +113,12 @@ def fleet_seconds(cluster: DevCluster, operator: OperatorProcess, n: int) -> tup
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="100,1000")
+    parser.add_argument(
+        "--no-webhook",
+        action="store_true",
+        help="without the admission webhook (by default every Agent and Fleet write goes "
+        "through it, as on an installed cluster)",
+    )
     args = parser.parse_args()
     # SIGTERM should stop the control plane and operator too, via the finally blocks.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -119,7 +128,11 @@ def main() -> int:
     with DevCluster(nodes=nodes) as cluster:
         cluster.install_crds(crdgen.default_output())
         cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE)
-        operator = OperatorProcess(cluster.kubeconfig, "bench", lease_seconds=15).start()
+        admission = None if args.no_webhook else install_admission(cluster, OPERATOR_NAMESPACE)
+        print(f"admission webhook: {'off' if admission is None else 'on'}", flush=True)
+        operator = OperatorProcess(
+            cluster.kubeconfig, "bench", lease_seconds=15, admission=admission
+        ).start()
         try:
             deadline = time.monotonic() + 60
             while not operator.is_leader() and time.monotonic() < deadline:

@@ -7,7 +7,6 @@ import json
 import socket
 import ssl
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,19 +40,9 @@ def admission(cluster: Any) -> Iterator[LocalAdmission]:
         remove_admission(cluster, OPERATOR_NAMESPACE)
 
 
-def serving(process: OperatorProcess) -> bool:
-    """The replica's /readyz: its Policy catalog is loaded and the webhook is up."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{process.port}/readyz", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def start_replica(cluster: Any, admission: LocalAdmission, name: str) -> OperatorProcess:
-    process = OperatorProcess(cluster.kubeconfig, name, admission=admission).start()
-    wait_for(lambda: serving(process), 40, what=f"operator {name} to serve admission")
-    return process
+    """A replica whose Policy catalog is loaded: it can answer admission."""
+    return OperatorProcess(cluster.kubeconfig, name, admission=admission).start().wait_ready(40)
 
 
 @pytest.fixture(scope="module")

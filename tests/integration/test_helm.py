@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from agentarmy.devcluster import binaries
+from agentarmy.operator.webhookconfig import webhook_configuration
 
 pytestmark = pytest.mark.integration
 
@@ -96,3 +97,57 @@ def test_chart_workloads_pass_restricted_pod_security(cluster: Any, namespace: s
     )
     assert "Warning" not in out.stderr, out.stderr
     assert out.stdout.count("(server dry run)") == len(workloads)
+
+
+def _webhooks(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The webhooks of a configuration, without the CA (made per install)."""
+    hooks = []
+    for hook in doc["webhooks"]:
+        client = {k: v for k, v in hook["clientConfig"].items() if k != "caBundle"}
+        hooks.append({**hook, "clientConfig": client})
+    return hooks
+
+
+def test_one_webhook_configuration_in_chart_kustomize_and_devcluster(cluster: Any) -> None:
+    """The chart, manifests/base and the devcluster configure admission the same way."""
+    ours = webhook_configuration("agentarmy-system", b"ca")
+    base = [
+        d
+        for d in yaml.safe_load_all(
+            cluster.kubectl("kustomize", str(REPO / "manifests" / "base")).stdout
+        )
+        if d
+    ]
+    kinds = ("ValidatingWebhookConfiguration",)
+    key = f"ValidatingWebhookConfiguration/{ours['metadata']['name']}"
+    for docs in (render(), render("--set", "webhook.certManager.enabled=true"), base):
+        assert _webhooks(by_kind_and_name(docs, kinds)[key]) == _webhooks(ours)
+    chart = by_kind_and_name(render(), ("Secret", "Service"))
+    assert "Secret/agentarmy-webhook-tls" in chart and "Service/agentarmy-webhook" in chart
+    with_cm = by_kind_and_name(
+        render("--set", "webhook.certManager.enabled=true"), ("Secret", "Certificate", "Issuer")
+    )
+    assert "Secret/agentarmy-webhook-tls" not in with_cm
+    assert {"Certificate/agentarmy-webhook", "Issuer/agentarmy-webhook-selfsigned"} <= set(with_cm)
+
+
+def test_chart_admission_objects_are_accepted_by_the_api_server(cluster: Any) -> None:
+    """The generated certificate, the Service and the configuration, server-side dry run
+    (the configuration is cluster-scoped: a dry run installs nothing)."""
+    docs = [
+        d
+        for d in render()
+        if d["kind"] in ("Secret", "Service", "ValidatingWebhookConfiguration")
+        and "webhook" in d["metadata"]["name"] + d["kind"].lower()
+    ]
+    cluster.kubectl("create", "namespace", "agentarmy-system", check=False)
+    out = cluster.kubectl(
+        "apply",
+        "--dry-run=server",
+        "-n",
+        "agentarmy-system",
+        "-f",
+        "-",
+        input="---\n".join(yaml.safe_dump(d) for d in docs),
+    )
+    assert out.stdout.count("(server dry run)") == 3, out.stdout

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -75,6 +76,25 @@ class OperatorProcess:
             return self.metrics().get("agentarmy_operator_leader", 0.0) == 1.0
         except OSError:
             return False
+
+    def is_ready(self) -> bool:
+        """/readyz: the Policy catalog is loaded, so admission can answer."""
+        try:
+            url = f"http://127.0.0.1:{self.port}/readyz"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = 60.0) -> OperatorProcess:
+        deadline = time.monotonic() + timeout
+        while not self.is_ready():
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"operator {self.identity} exited:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"operator {self.identity} not ready in {timeout:.0f}s")
+            time.sleep(0.2)
+        return self
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -127,7 +127,7 @@ def local_stack(
         admission=admission,
     )
     try:
-        operator.start()
+        operator.start().wait_ready()
         with pod_runner(cluster.kubeconfig, workdir / "pods", "--namespace", namespace):
             yield Stack(
                 cluster, namespace, router.url, client_token, admin_token, router, operator, workdir

@@ -73,10 +73,12 @@ class Compliance:
 
 
 def changed(before: list[Condition], after: list[Condition]) -> Condition | None:
-    """The PolicyCompliant condition of ``after`` when it differs from ``before``'s."""
+    """The PolicyCompliant condition of ``after`` when it differs from ``before``'s.
+
+    A first verdict that finds nothing broken is no news: a new Agent costs no Event."""
     old = next((x for x in before if x.type == c.POLICY_COMPLIANT), None)
     new = next((x for x in after if x.type == c.POLICY_COMPLIANT), None)
-    if new is None:
+    if new is None or (old is None and new.status == "True"):
         return None
     if old is not None and (old.status, old.reason, old.message) == (
         new.status,

@@ -145,13 +145,15 @@ async def _run(
     config: OperatorConfig, client: AsyncClient, catalog: PolicyCatalog, stop: asyncio.Event
 ) -> int:
     cache = Cache()
-    state = {"leader": False}
     try:
         health = await start_health_server(
             config.health_address,
             config.health_port,
             alive=lambda: True,
-            ready=lambda: catalog.synced.is_set() and (not state["leader"] or cache.bound),
+            # Readiness gates the webhook Service: ready once this replica can answer
+            # admission. (A leader's caches fill only with the first object; an empty
+            # cluster must not leave the webhook without endpoints.)
+            ready=catalog.synced.is_set,
         )
     except OSError as err:
         raise StartupError(
@@ -175,7 +177,6 @@ async def _run(
             acquiring.cancel()
             return 0
         stopping.cancel()
-        state["leader"] = True
         return await _lead(config, client, cache, elector, stop)
     finally:
         await health.cleanup()

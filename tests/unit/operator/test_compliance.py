@@ -157,3 +157,11 @@ def test_policy_status_of_an_invalid_policy_is_not_ready() -> None:
     ready = next(x for x in status.conditions if x.type == c.READY)
     assert (ready.status, ready.reason) == ("False", c.INVALID_SPEC)
     assert "spec.rules.allowedTools[0]" in ready.message
+
+
+def test_a_first_verdict_is_news_only_when_something_is_broken() -> None:
+    """A new compliant Agent costs no Event; a new violating one gets one."""
+    assert compliance.changed([], agent_compliance().condition([], 1)) is None
+    denied = agent_compliance(policy(allowedImageRegistries=["ghcr.io/acme/"]))
+    first = compliance.changed([], denied.condition([], 1))
+    assert first is not None and first.reason == c.POLICY_VIOLATION
