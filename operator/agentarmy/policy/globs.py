@@ -27,8 +27,11 @@ def glob_problem(pattern: str) -> str | None:
         if pattern[i] != "[":
             i += 1
             continue
-        end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("!", "]") else i + 1)
         body_start = i + 2 if pattern[i + 1 : i + 2] == "!" else i + 1
+        # As fnmatch reads it: a "]" right after "[" or "[!" is a member, not the end.
+        end = pattern.find(
+            "]", body_start + 1 if pattern[body_start : body_start + 1] == "]" else body_start
+        )
         if end == -1:
             return f"has an unclosed '[' at position {i}"
         body = pattern[body_start:end]
@@ -71,18 +74,20 @@ def covers(pattern: str, entry: str) -> bool:
     """Whether every name ``entry`` stands for matches ``pattern``.
 
     ``entry`` is a tool name from an Agent's allow-list: a literal name, or a
-    prefix followed by ``*`` (all tools starting with it). A prefix entry is
-    covered only by a pattern ending in ``*`` whose head matches a prefix of it,
-    so ``github.*`` covers ``github.issues.*`` but ``github.read`` covers nothing
-    but itself, and only ``*`` covers ``*``.
+    pattern with ``*`` (the runtime matches it as a glob, so ``github.*`` stands
+    for every tool starting with ``github.`` and ``a*b`` for ``aXb``, ``aXYb``...).
+    An entry with a wildcard is covered by the same pattern, by ``*``, or by a
+    pattern ending in ``*`` whose head matches a prefix of the entry's literal
+    start, so ``github.*`` covers ``github.issues.*`` but ``github.read`` covers
+    nothing but itself, and only ``*`` covers ``*``.
     """
-    if not entry.endswith("*"):
+    if is_literal(entry):
         return glob_match(entry, pattern)
-    prefix = entry[:-1]
-    if not is_literal(prefix):
-        # A wildcard inside the entry: only the same pattern or "*" is sure to cover it.
-        return pattern in (entry, "*")
+    if pattern in (entry, "*"):
+        return True
     if not pattern.endswith("*"):
         return False
+    # Every name the entry stands for starts with its text before the first wildcard.
+    prefix = entry[: min(entry.index(c) for c in "*?[" if c in entry)]
     head = pattern[:-1]
     return any(glob_match(prefix[:cut], head) for cut in range(len(prefix), -1, -1))

@@ -11,16 +11,36 @@ from __future__ import annotations
 from agentarmy.policy.globs import glob_match, is_literal
 
 DEFAULT_REGISTRY = "docker.io"
+LEGACY_REGISTRY = "index.docker.io"
+"""Docker Hub's old name; the runtime reads it as ``docker.io``."""
 
 
-def normalize_image(reference: str) -> str:
-    """``busybox`` -> ``docker.io/library/busybox``; fully qualified names unchanged."""
-    first, sep, _ = reference.partition("/")
+def qualify(reference: str) -> str:
+    """The registry a reference implies made explicit: ``acme/x`` -> ``docker.io/acme/x``.
+
+    Only the registry: an allow-list entry such as ``docker.io/acme`` is a prefix
+    (the organisation acme), not an image, so it never gains ``library/``.
+    """
+    first, sep, rest = reference.partition("/")
     if not sep:
         return f"{DEFAULT_REGISTRY}/library/{reference}"
+    if first == LEGACY_REGISTRY:
+        return f"{DEFAULT_REGISTRY}/{rest}"
     if "." in first or ":" in first or first == "localhost":
         return reference
     return f"{DEFAULT_REGISTRY}/{reference}"
+
+
+def normalize_image(reference: str) -> str:
+    """``busybox``, ``docker.io/busybox`` -> ``docker.io/library/busybox`` (what the runtime pulls).
+
+    Fully qualified names of other registries are unchanged.
+    """
+    qualified = qualify(reference)
+    registry, _, path = qualified.partition("/")
+    if registry == DEFAULT_REGISTRY and "/" not in path:
+        return f"{DEFAULT_REGISTRY}/library/{path}"
+    return qualified
 
 
 def under(image: str, entry: str) -> bool:
@@ -31,8 +51,8 @@ def under(image: str, entry: str) -> bool:
     both allow ``ghcr.io/acme/agent:1`` but never ``ghcr.io/acme-evil/agent``.
     """
     if not is_literal(entry):
-        return glob_match(image, entry) or glob_match(image, normalize_image(entry))
-    for prefix in {entry, normalize_image(entry)} if "/" in entry else {entry}:
+        return glob_match(image, entry) or glob_match(image, qualify(entry))
+    for prefix in {entry, qualify(entry)} if "/" in entry else {entry}:
         if image == prefix:
             return True
         if image.startswith(prefix) and (prefix[-1] in "/:@" or image[len(prefix)] in "/:@"):

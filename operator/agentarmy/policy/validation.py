@@ -74,12 +74,15 @@ def spec_problems(spec: PolicySpec) -> list[str]:
     return problems
 
 
+def _path(root: str, loc: tuple[int | str, ...]) -> str:
+    """``spec`` + ``("rules", "allowedTools", 0)`` -> ``spec.rules.allowedTools[0]``."""
+    return root + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+
+
 def policy_problems(obj: Mapping[str, Any]) -> list[str]:
     """Problems of a Policy object as submitted (empty when it is valid)."""
     try:
         spec = PolicySpec.model_validate(obj.get("spec") or {})
     except ValidationError as err:
-        return [
-            f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        ]
+        return [f"{_path('spec', e['loc'])}: {e['msg']}" for e in err.errors()]
     return spec_problems(spec)
