@@ -55,7 +55,9 @@ class Api:
             "POST", path, json.dumps(body), {"Content-Type": "application/json"}
         )
         response = self.connection.getresponse()
-        response.read()
+        text = response.read()
+        if response.status != 201:
+            raise RuntimeError(f"POST {path} answered {response.status}: {text[:500]!r}")
         return response.status
 
 
@@ -162,14 +164,12 @@ def namespace(cluster: DevCluster, name: str) -> None:
 def measure(api: Api, ns: str, prefix: str, creates: int) -> list[float]:
     path = f"/apis/agentarmy.io/v1alpha1/namespaces/{ns}/fleets"
     for i in range(WARMUP):
-        assert api.post(path, fleet(f"{prefix}-w{i}")) == 201
+        api.post(path, fleet(f"{prefix}-w{i}"))
     samples = []
     for i in range(creates):
         started = time.perf_counter()
-        status = api.post(path, fleet(f"{prefix}-{i}"))
+        api.post(path, fleet(f"{prefix}-{i}"))
         samples.append(time.perf_counter() - started)
-        if status != 201:
-            raise RuntimeError(f"create {prefix}-{i} in {ns} answered {status}")
     return samples
 
 
@@ -193,7 +193,7 @@ def wait_until_enforced(cluster: DevCluster, ns: str, what: str) -> None:
             input=json.dumps(too_big),
             check=False,
         )
-        if out.returncode != 0:
+        if "spec.replicas" in out.stderr and "above the limit of" in out.stderr:
             return
         time.sleep(0.5)
     raise TimeoutError(f"{what} did not start refusing in 60 s")
@@ -226,7 +226,9 @@ def main() -> int:
 
             admission = install_admission(cluster, OPERATOR_NAMESPACE)
             replicas = [
-                OperatorProcess(cluster.kubeconfig, f"bench-{i}", admission=admission).start()
+                OperatorProcess(cluster.kubeconfig, f"bench-{i}", admission=admission)
+                .start()
+                .wait_ready()
                 for i in range(2)
             ]
             try:

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from agentarmy.devcluster.operator_process import OperatorProcess
-from tests.integration.operator_process import apply, wait_for
+from tests.integration.operator_process import apply, get_json, wait_for
+from tests.integration.test_egress import policy_manifest
 from tests.integration.test_operator import fleet_manifest, wait_fleet
 
 pytestmark = pytest.mark.integration
@@ -61,6 +62,10 @@ def can(cluster: Any, who: str, verb: str, resource: str, namespace: str = "defa
         ("create", "events", True),
         ("update", "fleets.agentarmy.io", False),  # spec belongs to users
         ("patch", "fleets.agentarmy.io/scale", True),  # the autoscaler, like an HPA
+        ("create", "networkpolicies.networking.k8s.io", True),  # a Fleet's egress
+        ("update", "networkpolicies.networking.k8s.io", True),
+        ("delete", "networkpolicies.networking.k8s.io", True),
+        ("list", "networkpolicies.networking.k8s.io", False),  # read by name only
         ("get", "secrets", False),  # API keys stay by reference
         ("create", "pods/exec", False),
         ("create", "deployments.apps", False),
@@ -137,6 +142,11 @@ def service_account_kubeconfig(cluster: Any, path: Path) -> Path:
     return path
 
 
+def network_policies(cluster: Any, namespace: str) -> list[str]:
+    items = get_json(cluster, "networkpolicies", "-n", namespace)["items"]
+    return [n["metadata"]["name"] for n in items]
+
+
 def test_operator_runs_with_only_its_rbac(
     cluster: Any, rbac: Any, namespace: str, tmp_path: Path
 ) -> None:
@@ -145,8 +155,10 @@ def test_operator_runs_with_only_its_rbac(
     operator.start()
     try:
         wait_for(operator.is_leader, 40, what="the operator to lead under its own RBAC")
+        apply(cluster, namespace, policy_manifest("egress", cidrs=["10.0.0.0/8"]))
         apply(cluster, namespace, fleet_manifest("least", 3))
         wait_fleet(cluster, namespace, "least", 3)
+        wait_for(lambda: network_policies(cluster, namespace) == ["least-egress"], 30)
         cluster.kubectl("scale", "-n", namespace, "fleet/least", "--replicas=1")
         wait_fleet(cluster, namespace, "least", 1)
         # RBAC denials name the ServiceAccount ("User ... cannot ..."). Other 403s are

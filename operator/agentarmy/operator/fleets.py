@@ -22,10 +22,13 @@ from agentarmy.api.fleet import FleetSpec, FleetStatus
 from agentarmy.operator import compliance, labels, rollout
 from agentarmy.operator.cache import Cache, FleetView
 from agentarmy.operator.decisions import announce
+from agentarmy.operator.egress import EgressSync
 from agentarmy.operator.expectations import Expectations
 from agentarmy.operator.kube import Kube, involved
+from agentarmy.operator.netpol import RouterPeer
+from agentarmy.operator.settings import OperatorConfig
 from agentarmy.operator.workqueue import Key
-from agentarmy.policy import effective_rules, fleet_subject
+from agentarmy.policy import RuntimeRules, effective_rules, fleet_subject
 
 log = logging.getLogger("agentarmy.operator.fleet")
 
@@ -66,10 +69,18 @@ def agent_body(fleet: FleetView, spec: FleetSpec, name: str, hash_: str) -> dict
     }
 
 
+def _router_from_env() -> RouterPeer:
+    config = OperatorConfig.from_env()
+    return RouterPeer(config.namespace, config.router_url)
+
+
 class FleetReconciler:
-    def __init__(self, cache: Cache, kube: Kube) -> None:
+    def __init__(self, cache: Cache, kube: Kube, router: RouterPeer | None = None) -> None:
+        """``router``: where agents reach the router, for the egress NetworkPolicy
+        (default: from AGENTARMY_OPERATOR_NAMESPACE and AGENTARMY_ROUTER_URL)."""
         self.cache = cache
         self.kube = kube
+        self.egress = EgressSync(kube, router or _router_from_env())
         self.expectations = Expectations()
         self._last_status_write: dict[Key, float] = {}
         self._writes = asyncio.Semaphore(WRITE_CONCURRENCY)
@@ -79,7 +90,10 @@ class FleetReconciler:
         fleet = self.cache.fleet(namespace, name)
         if fleet is None or fleet.deleting:
             self._last_status_write.pop(key, None)
-            return None  # owner references let the garbage collector remove the Agents
+            self.egress.forget(key)
+            # Owner references let the garbage collector remove the Agents and the
+            # egress NetworkPolicy.
+            return None
         try:
             spec = FleetSpec.model_validate(fleet.spec)
         except ValidationError as err:
@@ -105,7 +119,10 @@ class FleetReconciler:
         expected = self.expectations.pending(key, seen)
         members += [rollout.Member(n, hash_, False, False, "9999") for n in sorted(expected)]
 
-        policy = self.check_policy(fleet, spec)
+        rules = self.enforced_rules(fleet, spec)
+        policy = self.check_policy(fleet, spec, rules)
+        # Before any new Agent: its Pod must not start without the egress it is allowed.
+        resync = await self.egress.sync(fleet, rules.egress)
         decision = rollout.plan(
             name,
             rollout.within_policy(spec, len(members), policy.replica_limit),
@@ -129,12 +146,24 @@ class FleetReconciler:
         requeue = await self._write_status(key, fleet, status, policy)
         if spec.minReadySeconds and any(m.ready and not m.available for m in members):
             requeue = min(requeue or spec.minReadySeconds, float(spec.minReadySeconds))
+        if resync is not None:
+            requeue = min(requeue or resync, resync)
         return requeue
 
-    def check_policy(self, fleet: FleetView, spec: FleetSpec) -> compliance.Compliance:
+    def enforced_rules(self, fleet: FleetView, spec: FleetSpec) -> RuntimeRules:
+        """The runtime rules of every enforce-mode Policy that selects the Fleet, combined."""
         subject = fleet_subject(fleet.namespace, fleet.name, fleet.labels, spec)
         policies = self.cache.policy_set()
-        limit = effective_rules(policies, fleet.namespace, subject.label_sets).enforced.max_replicas
+        return effective_rules(policies, fleet.namespace, subject.label_sets).enforced
+
+    def check_policy(
+        self, fleet: FleetView, spec: FleetSpec, rules: RuntimeRules | None = None
+    ) -> compliance.Compliance:
+        subject = fleet_subject(fleet.namespace, fleet.name, fleet.labels, spec)
+        policies = self.cache.policy_set()
+        if rules is None:
+            rules = self.enforced_rules(fleet, spec)
+        limit = rules.max_replicas
         return compliance.Compliance(
             policies.evaluate(subject),
             subject,

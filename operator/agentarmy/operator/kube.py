@@ -1,7 +1,9 @@
 """Writes to the Kubernetes API: every one counted, every failure classified.
 
-Reads come from the kopf indexes (cache.py); this module only creates,
-patches and deletes, so the write budget per Agent is visible in metrics.
+Reads come from the kopf indexes (cache.py); this module creates, patches,
+replaces and deletes, so the write budget per Agent is visible in metrics.
+The one read by name (``get``) is for children too few to be worth a watch
+(a Fleet's egress NetworkPolicy).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from lightkube import ApiError, AsyncClient, codecs
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import Pod
+from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 
 from agentarmy.api.common import GROUP, VERSION, now_rfc3339
@@ -28,7 +31,9 @@ RESOURCES: dict[str, Any] = {
     "Fleet": FleetResource,
     "Policy": PolicyResource,
     "Pod": Pod,
+    "NetworkPolicy": NetworkPolicy,
 }
+BUILTIN = frozenset({"Pod", "NetworkPolicy"})
 
 
 class Kube:
@@ -44,16 +49,38 @@ class Kube:
     async def create(self, body: dict[str, Any]) -> bool:
         """Create; False when it already exists (a stale cache, not an error)."""
         kind = body["kind"]
-        obj = RESOURCES[kind].from_dict(body) if kind != "Pod" else codecs.from_dict(body)
         metrics.API_WRITES.labels("create", kind).inc()
         try:
-            await self.client.create(obj)
+            await self.client.create(_object(body))
         except ApiError as err:
             self._failed("create", kind, err)
             if err.status.code == 409:
                 return False
             raise
         return True
+
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """Read one object by name; None when it does not exist."""
+        try:
+            obj = await self.client.get(RESOURCES[kind], name, namespace=namespace)
+        except ApiError as err:
+            self._failed("get", kind, err)
+            if err.status.code == 404:
+                return None
+            raise
+        result: dict[str, Any] = obj.to_dict()
+        return result
+
+    async def replace(self, body: dict[str, Any]) -> None:
+        """Replace (PUT) the whole object. With ``metadata.resourceVersion`` set, a
+        newer object makes it a 409 and the caller retries from a fresh read."""
+        kind = body["kind"]
+        metrics.API_WRITES.labels("update", kind).inc()
+        try:
+            await self.client.replace(_object(body))
+        except ApiError as err:
+            self._failed("update", kind, err)
+            raise
 
     async def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete; False when already gone."""
@@ -134,6 +161,11 @@ class Kube:
                 involved["name"],
                 err,
             )
+
+
+def _object(body: dict[str, Any]) -> Any:
+    kind = body["kind"]
+    return codecs.from_dict(body) if kind in BUILTIN else RESOURCES[kind].from_dict(body)
 
 
 def involved(kind: str, namespace: str, name: str, uid: str) -> dict[str, str]:
