@@ -1,6 +1,11 @@
 """The pure policy library: verdicts on 10,000 varied subjects under 100 Policies, on one core.
 
-    .venv/bin/python tests/bench/bench_policy_library.py [--subjects 10000] [--policies 100]
+    .venv/bin/python tests/bench/bench_policy_library.py [--scenario dense|teams]
+        [--subjects 10000] [--policies 100]
+
+Two scenarios. teams, the usual shape: four namespace-wide baselines and one
+Policy per team; Fleets with their Agents, who share the template's facts; one
+template in twenty breaks a rule. dense, a stress case:
 
 One namespace holds the Policies: a mix of empty selectors (namespace-wide
 baselines), matchLabels, matchExpressions (In, NotIn, Exists, DoesNotExist) and
@@ -211,6 +216,65 @@ def make_subjects(count: int, rng: random.Random) -> list[Subject]:
     return subjects
 
 
+def team_policies(count: int, rng: random.Random) -> list[NamedPolicy]:
+    """The usual shape: a few namespace-wide baselines, then one Policy per team."""
+    policies = []
+    for i in range(count):
+        baseline = i < 4
+        rules: dict[str, Any] = {"allowedImageRegistries": ["ghcr.io/acme/", "quay.io/acme/"]}
+        if baseline:
+            rules = [
+                rules,
+                {"requireResourceLimits": ["memory"]},
+                {"models": {"providers": ["none", "openai", "anthropic"]}},
+                {"maxReplicasPerFleet": 50},
+            ][i]
+        else:
+            rules = {
+                "maxReplicasPerFleet": rng.randint(5, 40),
+                "allowedTools": rng.sample(["github.*", "fs.read", "web.search", "db.*"], 2),
+                "models": {"names": ["gpt-4o*", "claude-*"]},
+            }
+        selector = {} if baseline else {"matchLabels": {"team": f"team-{i}"}}
+        spec = PolicySpec.model_validate(
+            {"mode": "audit" if i % 10 == 9 else "enforce", "selector": selector, "rules": rules}
+        )
+        policies.append(NamedPolicy(NS, f"policy-{i:03d}", spec))
+    return policies
+
+
+def team_subjects(count: int, teams: int, rng: random.Random) -> list[Subject]:
+    """Fleets of a team's app, and their Agents (who share the template's facts); one
+    template in twenty breaks a rule."""
+    subjects: list[Subject] = []
+    while len(subjects) < count:
+        team = f"team-{rng.randrange(4, max(5, teams))}"
+        labels = {"team": team, "app": rng.choice(APPS)}
+        spec = (
+            random_agent_spec(rng)
+            if rng.random() < 0.05
+            else {
+                "capabilities": ["summarize"],
+                "image": f"ghcr.io/acme/{rng.choice(IMAGE_NAMES)}:{rng.randint(1, 5)}",
+                "model": {"provider": "openai", "name": "gpt-4o-mini"},
+                "tools": {"allowed": []},
+                "resources": {"limits": {"memory": "256Mi"}},
+            }
+        )
+        replicas = rng.randint(1, 40)
+        fleet = FleetSpec.model_validate(
+            {"replicas": replicas, "template": {"metadata": {"labels": labels}, "spec": spec}}
+        )
+        name = f"fleet-{len(subjects)}"
+        subjects.append(fleet_subject(NS, name, labels, fleet))
+        agent_spec = fleet.template.spec
+        agent_labels = {**labels, "agentarmy.io/fleet": name}
+        subjects += [
+            agent_subject(NS, f"{name}-{n}", agent_labels, agent_spec) for n in range(replicas)
+        ]
+    return subjects[:count]
+
+
 def naive_evaluate(policies: list[NamedPolicy], subject: Subject) -> tuple[Any, ...]:
     chosen = [
         p
@@ -219,7 +283,9 @@ def naive_evaluate(policies: list[NamedPolicy], subject: Subject) -> tuple[Any, 
         and any(p.spec.selector.matches(dict(labels)) for labels in subject.label_sets)
     ]
     contexts = [Context(p.ref, p.spec.mode, p.spec.rules) for p in chosen]
-    return tuple(f for _, check, _ in RULES for c in contexts for f in check(c, subject))
+    return tuple(
+        f for check in (rule.check for rule in RULES) for c in contexts for f in check(c, subject)
+    )
 
 
 def timed(function: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
@@ -239,6 +305,14 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="runs per figure (median shown)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: first)")
+    parser.add_argument(
+        "--scenario",
+        choices=("dense", "teams"),
+        default="dense",
+        help="dense: random selectors and specs, ~29 Policies and ~44 findings per subject "
+        "(a stress case); teams: baselines plus one Policy per team, Agents sharing their "
+        "Fleet's template, one template in twenty breaking a rule (the usual shape)",
+    )
     args = parser.parse_args()
 
     allowed = sorted(os.sched_getaffinity(0))
@@ -246,8 +320,13 @@ def main() -> int:
     os.sched_setaffinity(0, {cpu})
 
     rng = random.Random(args.seed)
-    policies = make_policies(args.policies, rng)
-    subjects = make_subjects(args.subjects, rng)
+    if args.scenario == "dense":
+        policies = make_policies(args.policies, rng)
+        subjects = make_subjects(args.subjects, rng)
+    else:
+        policies = team_policies(args.policies, rng)
+        subjects = team_subjects(args.subjects, args.policies, rng)
+    print(f"scenario: {args.scenario}")
     fleets = [s for s in subjects if s.kind == "Fleet"]
     kinds = {k: sum(s.kind == k for s in subjects) for k in ("Agent", "Fleet", "Scale")}
     distinct = {

@@ -1,18 +1,21 @@
 """Select the Policies that govern a subject and evaluate their rules.
 
-``PolicySet`` is an immutable snapshot of Policies, compiled once. Selectors
-are grouped (equal selectors are evaluated once) and matchLabels go into an
-inverted index, so choosing the Policies of a subject costs per label, not per
-Policy. Findings are cached per (selected Policies, rule, the facts that rule
-reads): subjects that share an image or a model share that work. Build a new
+``PolicySet`` is an immutable snapshot of Policies, compiled once. Sets of
+Policies are bitmasks over its sorted list. Selectors are grouped (equal
+selectors are evaluated once) and judged per label key, so choosing the
+Policies of a subject costs per label key, not per Policy. A rule is checked
+only against the selected Policies that set it, and what it finds is kept per
+(rule, the facts that rule reads) for each Policy checked: subjects that share
+an image or a model share that work, and a subject that breaks nothing costs a
+lookup per rule. Build a new
 set when a Policy changes; never mutate one.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from agentarmy.api.common import LabelSelector
@@ -45,66 +48,96 @@ class NamedPolicy:
         return cls(meta["namespace"], meta["name"], spec)
 
 
-@dataclass
-class _Group:
-    """Policies of one namespace with equal selectors."""
-
-    selector: LabelSelector
-    match_labels: Labels
-    keys: tuple[str, ...]
-    """Label keys the selector reads (its verdict is cached on their values)."""
-    members: list[int]
+def _bits(mask: int) -> Iterator[int]:
+    """The indexes of the set bits of ``mask``, lowest first."""
+    while mask:
+        low = mask & -mask
+        yield low.bit_length() - 1
+        mask ^= low
 
 
 class _NamespaceIndex:
-    """Which Policies of one namespace select a set of labels."""
+    """Which Policies of one namespace select a set of labels, as a bitmask.
+
+    Equal selectors form one group. A group fails on a label key when its
+    requirements on that key (matchLabels and matchExpressions alike) reject the
+    key's value, or its absence; it selects when it fails on no key. So choosing
+    costs one dict lookup per label key some selector reads, whatever the number
+    of Policies, and each (key, value) is judged once.
+    """
 
     def __init__(self, policies: list[tuple[int, NamedPolicy]]) -> None:
-        groups: dict[str, _Group] = {}
+        members: dict[str, int] = {}
+        selectors: dict[str, LabelSelector] = {}
         for index, policy in policies:
-            selector = policy.spec.selector
-            key = selector.model_dump_json()
-            if key not in groups:
-                keys = set(selector.matchLabels) | {r.key for r in selector.matchExpressions}
-                groups[key] = _Group(
-                    selector, tuple(sorted(selector.matchLabels.items())), tuple(sorted(keys)), []
+            key = policy.spec.selector.model_dump_json()
+            selectors.setdefault(key, policy.spec.selector)
+            members[key] = members.get(key, 0) | 1 << index
+        self.members = list(members.values())
+        """Group -> its Policies (bits of the PolicySet's index)."""
+        self.all_groups = (1 << len(self.members)) - 1
+        # Per label key: each group's requirements on that key alone, as a selector.
+        by_key: dict[str, list[tuple[int, LabelSelector]]] = defaultdict(list)
+        for group, selector in enumerate(selectors.values()):
+            keys = set(selector.matchLabels) | {r.key for r in selector.matchExpressions}
+            for label in keys:
+                only = LabelSelector(
+                    matchLabels={k: v for k, v in selector.matchLabels.items() if k == label},
+                    matchExpressions=[r for r in selector.matchExpressions if r.key == label],
                 )
-            groups[key].members.append(index)
-        self.always: list[int] = []
-        self.by_label: dict[tuple[str, str], list[_Group]] = defaultdict(list)
-        self.expressions: list[_Group] = []
-        for group in groups.values():
-            if group.selector.matchExpressions:
-                self.expressions.append(group)
-            elif not group.match_labels:
-                self.always += group.members
-            else:
-                for pair in group.match_labels:
-                    self.by_label[pair].append(group)
-        self._expression_verdicts: dict[tuple[int, tuple[str | None, ...]], bool] = {}
+                by_key[label].append((group, only))
+        self._requirements = dict(by_key)
+        self._failing: list[tuple[str, dict[str | None, int]]] = [(k, {}) for k in sorted(by_key)]
+        self._policies: dict[int, int] = {}
 
-    def select(self, label_sets: tuple[Labels, ...]) -> frozenset[int]:
-        chosen = set(self.always)
+    def _fails(self, label: str, value: str | None) -> int:
+        labels = {} if value is None else {label: value}
+        mask = 0
+        for group, only in self._requirements[label]:
+            if not only.matches(labels):
+                mask |= 1 << group
+        return mask
+
+    def select(self, label_sets: tuple[Labels, ...]) -> int:
+        chosen = 0
         for labels in label_sets:
-            hits: dict[int, int] = defaultdict(int)
-            for pair in labels:
-                for group in self.by_label.get(pair, ()):
-                    hits[id(group)] += 1
-                    if hits[id(group)] == len(group.match_labels):
-                        chosen.update(group.members)
-            if self.expressions:
-                as_dict = dict(labels)
-                for number, group in enumerate(self.expressions):
-                    projection = tuple(as_dict.get(k) for k in group.keys)
-                    memo = (number, projection)
-                    selected = self._expression_verdicts.get(memo)
-                    if selected is None:
-                        selected = group.selector.matches(as_dict)
-                        if len(self._expression_verdicts) < CACHE_LIMIT:
-                            self._expression_verdicts[memo] = selected
-                    if selected:
-                        chosen.update(group.members)
-        return frozenset(chosen)
+            values = dict(labels)
+            failed = 0
+            for label, failing in self._failing:
+                value = values.get(label)
+                mask = failing.get(value)
+                if mask is None:
+                    mask = self._fails(label, value)
+                    if len(failing) < CACHE_LIMIT:
+                        failing[value] = mask
+                failed |= mask
+            groups = self.all_groups & ~failed
+            policies = self._policies.get(groups)
+            if policies is None:
+                policies = 0
+                for group in _bits(groups):
+                    policies |= self.members[group]
+                if len(self._policies) < CACHE_LIMIT:
+                    self._policies[groups] = policies
+            chosen |= policies
+        return chosen
+
+
+@dataclass
+class _Known:
+    """What one rule finds on one set of facts, for the Policies checked so far."""
+
+    checked: int = 0
+    breaking: int = 0
+    found: dict[int, tuple[Finding, ...]] = field(default_factory=dict)
+    joined: dict[int, tuple[Finding, ...]] = field(default_factory=dict)
+    """Findings of a set of breaking Policies, concatenated in their order."""
+
+
+@dataclass(frozen=True)
+class _Selection:
+    indexes: tuple[int, ...]
+    refs: tuple[str, ...]
 
 
 class PolicySet:
@@ -118,58 +151,89 @@ class PolicySet:
         for i, policy in enumerate(ordered):
             by_namespace[policy.namespace].append((i, policy))
         self._namespaces = {ns: _NamespaceIndex(p) for ns, p in by_namespace.items()}
-        self._selections: dict[frozenset[int], tuple[int, ...]] = {}
-        self._findings: dict[tuple[tuple[int, ...], int, Hashable], tuple[Finding, ...]] = {}
+        # Per rule: the Policies that set it (the others cannot break it).
+        self._setting = tuple(
+            sum(1 << i for i, p in enumerate(ordered) if rule.configured(p.spec.rules))
+            for rule in RULES
+        )
+        self._enforced_limits = sum(
+            1 << i
+            for i, p in enumerate(ordered)
+            if p.spec.mode == "enforce" and p.spec.rules.maxReplicasPerFleet is not None
+        )
+        self._selections: dict[int, _Selection] = {}
+        self._facts: dict[tuple[int, Hashable], _Known] = {}
 
     def __len__(self) -> int:
         return len(self.policies)
 
-    def _select(self, namespace: str, label_sets: tuple[Labels, ...]) -> tuple[int, ...]:
+    def _select(self, namespace: str, label_sets: tuple[Labels, ...]) -> int:
         index = self._namespaces.get(namespace)
-        if index is None:
-            return ()
-        chosen = index.select(label_sets)
-        selected = self._selections.get(chosen)
-        if selected is None:
-            selected = tuple(sorted(chosen))
+        return 0 if index is None else index.select(label_sets)
+
+    def _selection(self, mask: int) -> _Selection:
+        found = self._selections.get(mask)
+        if found is None:
+            indexes = tuple(_bits(mask))
+            found = _Selection(indexes, tuple(self.policies[i].ref for i in indexes))
             if len(self._selections) < CACHE_LIMIT:
-                self._selections[chosen] = selected
-        return selected
+                self._selections[mask] = found
+        return found
 
     def selecting(self, namespace: str, label_sets: tuple[Labels, ...]) -> tuple[NamedPolicy, ...]:
         """The Policies that govern an object with these labels, sorted by namespace/name."""
-        return tuple(self.policies[i] for i in self._select(namespace, label_sets))
+        mask = self._select(namespace, label_sets)
+        return tuple(self.policies[i] for i in self._selection(mask).indexes)
+
+    def _rule_findings(self, mask: int, number: int, subject: Subject) -> tuple[Finding, ...]:
+        """What the Policies in ``mask`` (all setting rule ``number``) find, in their order."""
+        rule = RULES[number]
+        facts = rule.facts(subject)
+        known = self._facts.get((number, facts))
+        if known is None:
+            if len(self._facts) >= CACHE_LIMIT:
+                self._facts.clear()
+            known = self._facts[(number, facts)] = _Known()
+        for i in _bits(mask & ~known.checked):
+            found = tuple(rule.check(self._contexts[i], subject))
+            known.checked |= 1 << i
+            if found:
+                known.breaking |= 1 << i
+                known.found[i] = found
+        hits = mask & known.breaking
+        if not hits:
+            return ()
+        joined = known.joined.get(hits)
+        if joined is None:
+            joined = tuple(f for i in _bits(hits) for f in known.found[i])
+            if len(known.joined) < CACHE_LIMIT:
+                known.joined[hits] = joined
+        return joined
 
     def evaluate(self, subject: Subject) -> Verdict:
         selected = self._select(subject.namespace, subject.label_sets)
         if not selected:
             return Verdict()
-        findings: list[Finding] = []
-        for number, (_, check, facts) in enumerate(RULES):
-            key = (selected, number, facts(subject))
-            found = self._findings.get(key)
-            if found is None:
-                found = tuple(f for i in selected for f in check(self._contexts[i], subject))
-                if len(self._findings) >= CACHE_LIMIT:
-                    self._findings.clear()
-                self._findings[key] = found
-            findings += found
+        findings: tuple[Finding, ...] = ()
+        for number, setting in enumerate(self._setting):
+            mask = selected & setting
+            if mask:
+                findings += self._rule_findings(mask, number, subject)
         return Verdict(
-            findings=tuple(findings),
-            policies=tuple(self.policies[i].ref for i in selected),
+            findings=findings,
+            policies=self._selection(selected).refs,
             decided_by=self._decided_by(selected, subject),
         )
 
-    def _decided_by(self, selected: tuple[int, ...], subject: Subject) -> dict[str, str]:
-        if subject.kind == "Agent":
+    def _decided_by(self, selected: int, subject: Subject) -> dict[str, str]:
+        limits = selected & self._enforced_limits
+        if subject.kind == "Agent" or not limits:
             return {}
-        limits = [
-            (rules.maxReplicasPerFleet, context.policy)
-            for context in (self._contexts[i] for i in selected)
-            if (rules := context.rules).maxReplicasPerFleet is not None
-            and context.mode == "enforce"
-        ]
-        return {"maxReplicasPerFleet": min(limits)[1]} if limits else {}
+        lowest = min(
+            (self._contexts[i].rules.maxReplicasPerFleet or 0, self._contexts[i].policy)
+            for i in _bits(limits)
+        )
+        return {"maxReplicasPerFleet": lowest[1]}
 
 
 def evaluate(subject: Subject, policies: Iterable[NamedPolicy] | PolicySet) -> Verdict:

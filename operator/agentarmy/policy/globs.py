@@ -52,10 +52,16 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(pattern))
 
 
+_WILDCARD = re.compile(r"[*?\[]")
+MEMO = 65_536
+"""Entries per memoised pure function below: policies and specs repeat few strings."""
+
+
 def is_literal(pattern: str) -> bool:
-    return not any(c in pattern for c in "*?[")
+    return _WILDCARD.search(pattern) is None
 
 
+@functools.lru_cache(maxsize=MEMO)
 def glob_match(name: str, pattern: str) -> bool:
     """Whether ``name`` matches ``pattern`` (case-sensitive; invalid patterns match nothing)."""
     if is_literal(pattern):
@@ -70,6 +76,7 @@ def any_match(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
     return any(glob_match(name, p) for p in patterns)
 
 
+@functools.lru_cache(maxsize=MEMO)
 def covers(pattern: str, entry: str) -> bool:
     """Whether every name ``entry`` stands for matches ``pattern``.
 

@@ -8,7 +8,9 @@ short name that resolves elsewhere.
 
 from __future__ import annotations
 
-from agentarmy.policy.globs import glob_match, is_literal
+import functools
+
+from agentarmy.policy.globs import MEMO, glob_match, is_literal
 
 DEFAULT_REGISTRY = "docker.io"
 LEGACY_REGISTRY = "index.docker.io"
@@ -31,6 +33,7 @@ def qualify(reference: str) -> str:
     return f"{DEFAULT_REGISTRY}/{reference}"
 
 
+@functools.lru_cache(maxsize=MEMO)
 def normalize_image(reference: str) -> str:
     """``busybox``, ``docker.io/busybox`` -> ``docker.io/library/busybox`` (what the runtime pulls).
 
@@ -43,6 +46,7 @@ def normalize_image(reference: str) -> str:
     return qualified
 
 
+@functools.lru_cache(maxsize=MEMO)
 def under(image: str, entry: str) -> bool:
     """Whether normalised ``image`` is allowed by one allow-list entry.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from agentarmy.api.policy import PolicyRules
 from agentarmy.policy.findings import Finding, Mode
@@ -99,8 +100,7 @@ def check_replicas(ctx: Context, subject: Subject) -> Iterator[Finding]:
         yield ctx.finding(
             "maxReplicasPerFleet",
             "spec.autoscaling.maxReplicas",
-            f"spec.autoscaling.maxReplicas {subject.autoscaling_max} is above the limit "
-            f"of {limit}",
+            f"spec.autoscaling.maxReplicas {subject.autoscaling_max} is above the limit of {limit}",
         )
 
 
@@ -136,11 +136,29 @@ def _limits(s: Subject) -> Hashable:
     return None if s.agent is None else (s.agent.prefix, s.agent.limits)
 
 
-RULES: tuple[tuple[str, Check, Facts], ...] = (
-    ("models", check_models, _model),
-    ("allowedTools", check_tools, _tools),
-    ("allowedImageRegistries", check_images, _image),
-    ("maxReplicasPerFleet", check_replicas, _replicas),
-    ("requireResourceLimits", check_resource_limits, _limits),
+class Rule(NamedTuple):
+    name: str
+    check: Check
+    facts: Facts
+    configured: Callable[[PolicyRules], bool]
+    """Whether a Policy sets this rule at all (one that does not never breaks it)."""
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("models", check_models, _model, lambda r: r.models is not None),
+    Rule("allowedTools", check_tools, _tools, lambda r: bool(r.allowedTools)),
+    Rule("allowedImageRegistries", check_images, _image, lambda r: bool(r.allowedImageRegistries)),
+    Rule(
+        "maxReplicasPerFleet",
+        check_replicas,
+        _replicas,
+        lambda r: r.maxReplicasPerFleet is not None,
+    ),
+    Rule(
+        "requireResourceLimits",
+        check_resource_limits,
+        _limits,
+        lambda r: bool(r.requireResourceLimits),
+    ),
 )
 """Every static rule, in the order its findings are reported."""

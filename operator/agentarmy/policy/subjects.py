@@ -70,9 +70,7 @@ class Subject:
         return f"{self.kind}/{self.namespace}/{self.name}"
 
 
-def agent_subject(
-    namespace: str, name: str, labels: Mapping[str, str], spec: AgentSpec
-) -> Subject:
+def agent_subject(namespace: str, name: str, labels: Mapping[str, str], spec: AgentSpec) -> Subject:
     return Subject("Agent", namespace, name, (frozen_labels(labels),), AgentFacts.of(spec, "spec"))
 
 
@@ -81,9 +79,7 @@ def fleet_agent_labels(name: str, template_labels: Mapping[str, str]) -> dict[st
     return {**template_labels, FLEET_LABEL: name}
 
 
-def fleet_subject(
-    namespace: str, name: str, labels: Mapping[str, str], spec: FleetSpec
-) -> Subject:
+def fleet_subject(namespace: str, name: str, labels: Mapping[str, str], spec: FleetSpec) -> Subject:
     """A Fleet is governed by Policies that select it or the Agents it makes."""
     agent_labels = fleet_agent_labels(name, spec.template.metadata.labels)
     return Subject(

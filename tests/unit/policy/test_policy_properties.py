@@ -45,7 +45,7 @@ def naive(subject: Subject, policies: list[NamedPolicy]) -> Verdict:
     )
     findings = [
         finding
-        for _, check, _ in RULES
+        for check in (rule.check for rule in RULES)
         for p in chosen
         for finding in check(Context(p.ref, p.spec.mode, p.spec.rules), subject)
     ]
