@@ -26,7 +26,6 @@ from agentarmy.operator.egress import EgressSync
 from agentarmy.operator.expectations import Expectations
 from agentarmy.operator.kube import Kube, involved
 from agentarmy.operator.netpol import RouterPeer
-from agentarmy.operator.settings import OperatorConfig
 from agentarmy.operator.workqueue import Key
 from agentarmy.policy import RuntimeRules, effective_rules, fleet_subject
 
@@ -69,18 +68,12 @@ def agent_body(fleet: FleetView, spec: FleetSpec, name: str, hash_: str) -> dict
     }
 
 
-def _router_from_env() -> RouterPeer:
-    config = OperatorConfig.from_env()
-    return RouterPeer(config.namespace, config.router_url)
-
-
 class FleetReconciler:
-    def __init__(self, cache: Cache, kube: Kube, router: RouterPeer | None = None) -> None:
-        """``router``: where agents reach the router, for the egress NetworkPolicy
-        (default: from AGENTARMY_OPERATOR_NAMESPACE and AGENTARMY_ROUTER_URL)."""
+    def __init__(self, cache: Cache, kube: Kube, router: RouterPeer) -> None:
+        """``router``: where agents reach the router, for the egress NetworkPolicy."""
         self.cache = cache
         self.kube = kube
-        self.egress = EgressSync(kube, router or _router_from_env())
+        self.egress = EgressSync(kube, router)
         self.expectations = Expectations()
         self._last_status_write: dict[Key, float] = {}
         self._writes = asyncio.Semaphore(WRITE_CONCURRENCY)

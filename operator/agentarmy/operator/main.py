@@ -29,6 +29,7 @@ from agentarmy.operator.handlers import build_registry
 from agentarmy.operator.health import start_health_server
 from agentarmy.operator.kube import Kube
 from agentarmy.operator.leader import LeaderElector
+from agentarmy.operator.netpol import RouterPeer
 from agentarmy.operator.pods import PodContext
 from agentarmy.operator.policies import PolicyReconciler
 from agentarmy.operator.policywatch import PolicyCatalog
@@ -193,7 +194,7 @@ async def _lead(
     policy_queue = WorkQueue("policy")
     kube = Kube(client)
     agents = AgentReconciler(cache, kube, PodContext(config.router_url, config.router_ca_file))
-    fleets = FleetReconciler(cache, kube)
+    fleets = FleetReconciler(cache, kube, RouterPeer(config.namespace, config.router_url))
     policies = PolicyReconciler(cache, kube)
     kopf_stop = asyncio.Event()
     tasks = {
