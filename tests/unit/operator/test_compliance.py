@@ -13,7 +13,7 @@ from agentarmy.api.policy import PolicySpec
 from agentarmy.operator import autoscale, compliance, rollout
 from agentarmy.operator.agents import Observation, agent_status
 from agentarmy.operator.cache import AgentView, PolicyView
-from agentarmy.operator.policies import Seen, policy_status
+from agentarmy.operator.policies import Report, Seen, policy_status, status_from
 from agentarmy.policy import NamedPolicy, PolicySet, agent_subject, fleet_subject
 
 NS = "team-a"
@@ -165,3 +165,33 @@ def test_a_first_verdict_is_news_only_when_something_is_broken() -> None:
     denied = agent_compliance(policy(allowedImageRegistries=["ghcr.io/acme/"]))
     first = compliance.changed([], denied.condition([], 1))
     assert first is not None and first.reason == c.POLICY_VIOLATION
+
+
+def test_one_namespace_report_gives_each_policy_the_status_it_has_alone() -> None:
+    """The reconciler evaluates a namespace once for all its Policies; that must not mix
+    one Policy's matches or findings into another's."""
+    policies = [
+        policy("images", allowedImageRegistries=["ghcr.io/acme/"]),
+        policy("limit", maxReplicasPerFleet=2),
+        NamedPolicy(
+            NS,
+            "team-b",
+            PolicySpec.model_validate(
+                {"selector": {"matchLabels": {"team": "b"}}, "rules": {"maxReplicasPerFleet": 1}}
+            ),
+        ),
+    ]
+    seen = [
+        Seen("Fleet", fleet_subject(NS, "web", {"team": "b"}, fleet_spec(3, "evil.io/x")), "1"),
+        Seen("Fleet", fleet_subject(NS, "ok", {}, fleet_spec(1)), ""),
+        Seen("Agent", agent_subject(NS, "solo", {"team": "b"}, agent_spec("evil.io/y")), "2"),
+    ]
+    report = Report.of(PolicySet(policies), seen)
+    for p in policies:
+        meta = {"namespace": NS, "name": p.name, "uid": p.name, "generation": 1}
+        view_ = PolicyView.of(meta, p.spec.model_dump(mode="json"), {})
+        together, alone = status_from(view_, report), policy_status(view_, seen)
+        drop = {"conditions": {"__all__": {"lastTransitionTime"}}}
+        assert together.model_dump(exclude=drop) == alone.model_dump(exclude=drop)
+        assert together.violations == alone.violations
+    assert report.fleets[f"{NS}/team-b"] == 1 and report.agents[f"{NS}/team-b"] == 1
