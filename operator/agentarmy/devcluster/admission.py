@@ -110,7 +110,10 @@ def install_admission(cluster: DevCluster | ExistingCluster, namespace: str) -> 
 
 def remove_admission(cluster: DevCluster | ExistingCluster, namespace: str) -> None:
     cluster.kubectl(
-        "delete", "validatingwebhookconfiguration", CONFIGURATION_NAME, "--ignore-not-found",
+        "delete",
+        "validatingwebhookconfiguration",
+        CONFIGURATION_NAME,
+        "--ignore-not-found",
         check=False,
     )
     cluster.kubectl(

@@ -69,7 +69,9 @@ def agent_status(
         exited = seen.replaced_exited
         why = f"agent process exited (code {exited.exit_code}, {exited.exit_reason or 'no reason'})"
         conds = set_condition(conds, c.READY, "False", c.AGENT_EXITED, why, gen)
-        conds = set_condition(conds, c.DEGRADED, "True", c.AGENT_EXITED, why + "; pod replaced", gen)
+        conds = set_condition(
+            conds, c.DEGRADED, "True", c.AGENT_EXITED, why + "; pod replaced", gen
+        )
         conds = set_condition(
             conds, c.PROGRESSING, "True", c.REPLACING_POD, "creating a new pod", gen
         )

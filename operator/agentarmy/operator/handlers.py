@@ -147,9 +147,7 @@ def build_registry(
         bind(kwargs)
         ns = namespace or ""
         policies.add((ns, name))
-        rules = frozenset(
-            (v.name, v.uid, v.generation, v.deleting) for v in cache.policies_in(ns)
-        )
+        rules = frozenset((v.name, v.uid, v.generation, v.deleting) for v in cache.policies_in(ns))
         if rules_seen.get(ns) == rules:
             return
         rules_seen[ns] = rules

@@ -8,9 +8,10 @@ broken now and the most recent of those violations.
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -118,6 +119,22 @@ def status_from(view: PolicyView, report: Report) -> PolicyStatus:
     )
 
 
+REPORT_SECONDS = 2.0
+"""A namespace's report is recomputed at most this often (see PolicyReconciler.report)."""
+
+
+@dataclass(frozen=True)
+class _Memo:
+    generation: int
+    """The Policies' generation in the cache it was computed under."""
+    stamp: Hashable
+    """(uid, resourceVersion) of every object it read."""
+    report: Report
+    at: float
+    settled: bool
+    """Computed again with nothing changed since: no need to look again."""
+
+
 class PolicyReconciler:
     """Level-based, but a namespace's objects are parsed once per resourceVersion and
     evaluated once per change of the namespace: a hundred Policies reconciled in one
@@ -127,7 +144,7 @@ class PolicyReconciler:
         self.cache = cache
         self.kube = kube
         self._parsed: dict[str, dict[tuple[str, str], tuple[str, Seen | None]]] = {}
-        self._reports: dict[str, tuple[Hashable, Report]] = {}
+        self._reports: dict[str, _Memo] = {}
 
     def _seen(self, namespace: str) -> tuple[Hashable, list[Seen]]:
         """The namespace's valid Agents and Fleets, and a key that changes when they do."""
@@ -153,25 +170,40 @@ class PolicyReconciler:
         self._parsed[namespace] = parsed
         return tuple(stamp), seen
 
-    def report(self, namespace: str) -> Report:
-        stamp, seen = self._seen(namespace)
-        key = (self.cache.policy_generation, stamp)
+    def report(self, namespace: str) -> tuple[Report, float | None]:
+        """The namespace's report, and when to look again if it may be behind.
+
+        Recomputed at most once per REPORT_SECONDS per namespace: under a stream of
+        changes (a Fleet created every few milliseconds) a hundred Policies share one
+        pass instead of each scanning the namespace. A Policy that reads a report
+        younger than that is queued again for when it may be recomputed, so the last
+        change always reaches status."""
+        now = time.monotonic()
+        generation = self.cache.policy_generation
         memo = self._reports.get(namespace)
-        if memo is None or memo[0] != key:
-            memo = (key, Report.of(self.cache.policy_set(), seen))
-            self._reports[namespace] = memo
-        return memo[1]
+        if memo is not None and memo.generation == generation:
+            age = now - memo.at
+            if age < REPORT_SECONDS:
+                return memo.report, None if memo.settled else REPORT_SECONDS - age
+        stamp, seen = self._seen(namespace)
+        if memo is not None and (memo.generation, memo.stamp) == (generation, stamp):
+            self._reports[namespace] = replace(memo, at=now, settled=True)
+            return memo.report, None
+        fresh = Report.of(self.cache.policy_set(), seen)
+        self._reports[namespace] = _Memo(generation, stamp, fresh, now, settled=False)
+        return fresh, REPORT_SECONDS
 
     async def reconcile(self, key: Key) -> float | None:
         namespace, name = key
         view = self.cache.policy(namespace, name)
         if view is None or view.deleting:
             return None
-        status = status_from(view, self.report(namespace))
+        report, again = self.report(namespace)
+        status = status_from(view, report)
         new = status.model_dump(mode="json", exclude_none=True)
         old = PolicyStatus.model_validate(view.status or {}).model_dump(
             mode="json", exclude_none=True
         )
         if new != old:
             await self.kube.patch_status("Policy", namespace, name, new, view.resource_version)
-        return None
+        return again

@@ -72,10 +72,13 @@ class PolicyCatalog:
         self._compiled.clear()
 
     def put(self, namespace: str, name: str, policy: NamedPolicy | None) -> None:
+        members = self._policies[namespace]
+        if members.get(name) == policy:
+            return  # a status write: the rules are the same, keep the compiled set
         if policy is None:
-            self._policies[namespace].pop(name, None)
+            members.pop(name, None)
         else:
-            self._policies[namespace][name] = policy
+            members[name] = policy
         self._compiled.pop(namespace, None)
 
     async def _list(self) -> str:

@@ -163,6 +163,7 @@ class PolicySet:
         )
         self._selections: dict[int, _Selection] = {}
         self._facts: dict[tuple[int, Hashable], _Known] = {}
+        self._deciders: dict[int, dict[str, str]] = {}
 
     def __len__(self) -> int:
         return len(self.policies)
@@ -229,11 +230,16 @@ class PolicySet:
         limits = selected & self._enforced_limits
         if subject.kind == "Agent" or not limits:
             return {}
-        lowest = min(
-            (self._contexts[i].rules.maxReplicasPerFleet or 0, self._contexts[i].policy)
-            for i in _bits(limits)
-        )
-        return {"maxReplicasPerFleet": lowest[1]}
+        decided = self._deciders.get(limits)
+        if decided is None:
+            lowest = min(
+                (self._contexts[i].rules.maxReplicasPerFleet or 0, self._contexts[i].policy)
+                for i in _bits(limits)
+            )
+            decided = {"maxReplicasPerFleet": lowest[1]}
+            if len(self._deciders) < CACHE_LIMIT:
+                self._deciders[limits] = decided
+        return dict(decided)
 
 
 def evaluate(subject: Subject, policies: Iterable[NamedPolicy] | PolicySet) -> Verdict:
