@@ -77,6 +77,14 @@ def deployment_seconds(cluster: DevCluster, n: int) -> float:
     return seconds
 
 
+def _writes_by_kind(operator: OperatorProcess) -> dict[str, float]:
+    return {
+        k.split("{", 1)[1].rstrip("}"): v
+        for k, v in operator.metrics().items()
+        if k.startswith("agentarmy_operator_api_writes_total{")
+    }
+
+
 def _writes(operator: OperatorProcess) -> float:
     return sum(
         v
@@ -101,11 +109,14 @@ def fleet_seconds(cluster: DevCluster, operator: OperatorProcess, n: int) -> tup
         "metadata": {"name": "bench"},
         "spec": {"replicas": n, "template": {"spec": {"capabilities": ["echo"]}}},
     }
-    before = _writes(operator)
+    before, by_kind = _writes(operator), _writes_by_kind(operator)
     cluster.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(body))
     seconds = _wait_ready(cluster, "fleet", "bench", namespace, n, timeout=900)
     time.sleep(3)  # let trailing status writes land before counting
     writes_per_agent = (_writes(operator) - before) / n
+    after = _writes_by_kind(operator)
+    spread = {k: round((v - by_kind.get(k, 0.0)) / n, 2) for k, v in after.items()}
+    print(f"N={n}: writes per agent by kind: {spread}", flush=True)
     _drop_namespace(cluster, namespace)
     return seconds, writes_per_agent
 

@@ -8,42 +8,21 @@ its owner, its life cycle), not the traffic it would stop.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.integration.operator_process import (
-    OPERATOR_NAMESPACE,
     OperatorProcess,
     apply,
     get_json,
     wait_for,
 )
-from tests.integration.test_operator import fleet_manifest, wait_fleet
+from tests.integration.test_operator import fleet_manifest, operator, wait_fleet
+from tests.unit.operator.test_netpol import DNS_RULE, ROUTER_RULE
 
 pytestmark = pytest.mark.integration
-
-ROUTER_RULE = {
-    "to": [
-        {
-            "namespaceSelector": {
-                "matchLabels": {"kubernetes.io/metadata.name": OPERATOR_NAMESPACE}
-            },
-            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "agentarmy-router"}},
-        }
-    ],
-    "ports": [{"protocol": "TCP", "port": 8080}],
-}
-DNS_RULE = {
-    "to": [
-        {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
-            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
-        }
-    ],
-    "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
-}
+__all__ = ["operator"]  # the module-scoped operator fixture of test_operator
 
 
 def policy_manifest(name: str, mode: str = "enforce", **egress: Any) -> str:
@@ -56,17 +35,6 @@ def policy_manifest(name: str, mode: str = "enforce", **egress: Any) -> str:
             "spec": {"mode": mode, "selector": {"matchLabels": {"team": "test"}}, "rules": rules},
         }
     )
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: Any) -> Iterator[OperatorProcess]:
-    cluster.kubectl("create", "namespace", OPERATOR_NAMESPACE, check=False)
-    process = OperatorProcess(cluster.kubeconfig, "egress-test").start()
-    try:
-        wait_for(process.is_leader, 40, what="the operator to lead")
-        yield process
-    finally:
-        process.stop()
 
 
 def network_policy(cluster: Any, namespace: str, name: str) -> dict[str, Any] | None:
