@@ -4,7 +4,8 @@ a real control plane (etcd, kube-apiserver, controller-manager, scheduler,
 kwok nodes) with the CRDs; the router (SQLite store, agents authenticated by
 their pods' ServiceAccount tokens through TokenReview); the operator; the pod
 runner, which runs each agent pod as a real `armyctl agent` process; the
-example echo fleet; tasks submitted and their results printed. It then keeps
+example echo fleet; tasks submitted and their results printed; the baseline
+Policy refusing a Fleet from a foreign registry and a scale past its limit. It then keeps
 running so you can poke at it (Ctrl-C stops everything), unless --exit.
 """
 
@@ -25,6 +26,7 @@ from agentarmy.router.client import RouterClient
 
 REPO = Path(__file__).resolve().parents[3]
 FLEET_EXAMPLE = REPO / "manifests" / "examples" / "fleet-echo.yaml"
+POLICY_EXAMPLE = REPO / "manifests" / "examples" / "policy-baseline.yaml"
 NAMESPACE = "demo"
 
 
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                     stack.router_url, stack.client_token, stack.admin_token, args.tasks, agents=3
                 )
             )
+            code = _show_policy(cluster) or code
             if args.exit:
                 return code
             _explain(cluster, stack.router_url, stack.client_token)
@@ -96,6 +99,24 @@ def main(argv: list[str] | None = None) -> int:
                 while True:
                     time.sleep(3600)
             return code
+
+
+def _show_policy(cluster: DevCluster) -> int:
+    """A Policy at the door: the baseline example admits the echo fleet as it runs and
+    refuses a Fleet from a foreign registry and a scale past its limit."""
+    cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(POLICY_EXAMPLE))
+    say("applied manifests/examples/policy-baseline.yaml; a Fleet from evil.io/ is refused:")
+    foreign = FLEET_EXAMPLE.read_text().replace("name: echo", "name: foreign", 1)
+    foreign = foreign.replace(
+        "      role: worker", "      role: worker\n      image: evil.io/agent:1"
+    )
+    refused = cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=foreign, check=False)
+    print(f"$ kubectl apply -f fleet-foreign.yaml\n{refused.stderr.strip()}\n")
+    scaled = cluster.kubectl("scale", "-n", NAMESPACE, "fleet/echo", "--replicas=60", check=False)
+    print(f"$ kubectl scale fleet/echo --replicas=60\n{scaled.stderr.strip()}\n")
+    print(cluster.kubectl("get", "policies", "-n", NAMESPACE).stdout)
+    denied = "denied the request" in refused.stderr and "denied the request" in scaled.stderr
+    return 0 if denied else 1
 
 
 def _explain(cluster: DevCluster, router_url: str, token: str) -> None:
