@@ -357,3 +357,33 @@ def test_with_the_operator_stopped_our_kinds_fail_closed_and_nothing_else_does(
             "delete", "deployment", f"still-works-{namespace}", "-n", "default", check=False
         )
         replicas[:] = [start_replica(cluster, admission, f"admission-r{i}") for i in range(2)]
+
+
+def test_every_verdict_is_a_decision_line_and_a_counter(
+    cluster: Any, namespace: str, replicas: list[OperatorProcess]
+) -> None:
+    def denials() -> float:
+        return sum(
+            v
+            for p in replicas
+            for k, v in p.metrics().items()
+            if k.startswith("agentarmy_policy_verdicts_total{")
+            and 'source="admission"' in k
+            and 'verdict="deny"' in k
+            and 'rule="maxReplicasPerFleet"' in k
+        )
+
+    applied(cluster, namespace, policy(maxReplicasPerFleet=3))
+    before = denials()
+    assert DENIED in apply(cluster, namespace, fleet("logged", replicas=9)).stderr
+    assert denials() == before + 1
+    lines = [
+        json.loads(line)
+        for p in replicas
+        for line in p.log.read_text(errors="replace").splitlines()
+        if '"policy-verdict"' in line and f'"{namespace}"' in line
+    ]
+    denial = next(x for x in lines if x["object"] == "logged" and x["verdict"] == "deny")
+    assert denial["source"] == "admission" and denial["operation"] == "CREATE"
+    assert denial["policy"] == f"{namespace}/baseline" and denial["rule"] == "maxReplicasPerFleet"
+    assert "spec.replicas 9 is above the limit of 3" in denial["reason"]
