@@ -12,10 +12,13 @@ from typing import Literal
 
 from agentarmy.api.agent import AgentSpec
 from agentarmy.api.fleet import FleetSpec
+from agentarmy.operator import labels  # names only: no I/O comes with it
 from agentarmy.policy.images import normalize_image
 
-FLEET_LABEL = "agentarmy.io/fleet"
+FLEET_LABEL = labels.FLEET
 """The label every Agent of a Fleet carries (the operator sets it)."""
+MANAGED_BY = (labels.MANAGED_BY, labels.MANAGER)
+"""The label the operator also puts on every Agent it makes from a Fleet."""
 
 Labels = tuple[tuple[str, str], ...]
 SubjectKind = Literal["Agent", "Fleet", "Scale"]
@@ -75,8 +78,9 @@ def agent_subject(namespace: str, name: str, labels: Mapping[str, str], spec: Ag
 
 
 def fleet_agent_labels(name: str, template_labels: Mapping[str, str]) -> dict[str, str]:
-    """The labels the Agents of Fleet ``name`` carry."""
-    return {**template_labels, FLEET_LABEL: name}
+    """The labels the Agents of Fleet ``name`` carry (all but the template hash, which
+    changes with every edit and which no Policy should select on)."""
+    return {**template_labels, FLEET_LABEL: name, MANAGED_BY[0]: MANAGED_BY[1]}
 
 
 def fleet_subject(namespace: str, name: str, labels: Mapping[str, str], spec: FleetSpec) -> Subject:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from agentarmy.policy import PolicySet, evaluate
-from agentarmy.policy.subjects import FLEET_LABEL
+from agentarmy.policy.subjects import FLEET_LABEL, MANAGED_BY
 from tests.unit.policy.builders import a_fleet, a_scale, an_agent, policy
 
 
@@ -111,6 +111,14 @@ def test_a_fleet_is_selected_by_the_fleet_label_its_agents_carry() -> None:
     p = policy(selector={"matchLabels": {FLEET_LABEL: "f1"}}, maxReplicasPerFleet=1)
     assert evaluate(a_fleet(name="f1", replicas=2), [p]).outcome == "deny"
     assert evaluate(a_fleet(name="f2", replicas=2), [p]).outcome == "allow"
+
+
+def test_a_fleet_is_selected_by_the_managed_by_label_its_agents_carry() -> None:
+    """A Policy written for the operator's Agents also governs the Fleet that would make
+    them; otherwise admission would pass the Fleet and then refuse its Agents."""
+    label, value = MANAGED_BY
+    p = policy(selector={"matchLabels": {label: value}}, maxReplicasPerFleet=1)
+    assert evaluate(a_fleet(name="f1", replicas=2), [p]).outcome == "deny"
 
 
 def test_labels_of_the_fleet_and_of_its_template_are_not_merged() -> None:
