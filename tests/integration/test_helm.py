@@ -151,3 +151,32 @@ def test_chart_admission_objects_are_accepted_by_the_api_server(cluster: Any) ->
         input="---\n".join(yaml.safe_dump(d) for d in docs),
     )
     assert out.stdout.count("(server dry run)") == 3, out.stdout
+
+
+def test_chart_keeps_its_webhook_certificate_on_upgrade(cluster: Any, namespace: str) -> None:
+    """Without cert-manager the chart makes the certificate once: an upgrade (rendered
+    against the cluster, so `lookup` sees the stored Secret) keeps it and its CA."""
+
+    def against_cluster() -> dict[str, Any]:
+        out = helm(
+            "template",
+            "agentarmy",
+            str(CHART),
+            "-n",
+            namespace,
+            "--dry-run=server",
+            f"--kubeconfig={cluster.kubeconfig}",
+        ).stdout
+        docs = [d for d in yaml.safe_load_all(out) if d]
+        return by_kind_and_name(docs, ("Secret", "ValidatingWebhookConfiguration"))
+
+    first = against_cluster()
+    secret = first["Secret/agentarmy-webhook-tls"]
+    bundle = first["ValidatingWebhookConfiguration/agentarmy-policy"]["webhooks"][0]
+    assert bundle["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    assert against_cluster()["Secret/agentarmy-webhook-tls"]["data"] != secret["data"]
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(secret))
+    upgraded = against_cluster()
+    assert upgraded["Secret/agentarmy-webhook-tls"]["data"] == secret["data"]
+    hook = upgraded["ValidatingWebhookConfiguration/agentarmy-policy"]["webhooks"][0]
+    assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
