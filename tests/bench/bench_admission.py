@@ -34,8 +34,6 @@ import time
 from collections import defaultdict
 from typing import Any
 
-import yaml
-
 from agentarmy.api import crdgen
 from agentarmy.devcluster.admission import install_admission, remove_admission
 from agentarmy.devcluster.cluster import DevCluster
@@ -200,8 +198,7 @@ def vap_documents(namespace: str) -> list[dict[str, Any]]:
 
 
 def apply(cluster: DevCluster, docs: list[dict[str, Any]], namespace: str | None = None) -> None:
-    extra = ["-n", namespace] if namespace else []
-    cluster.kubectl("apply", *extra, "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in docs))
+    cluster.apply(docs, *(["-n", namespace] if namespace else []))
 
 
 def namespace(cluster: DevCluster, name: str) -> None:

@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agentarmy.devcluster.cluster import DevCluster, ExistingCluster, free_port
 from agentarmy.devcluster.pki import CertificateAuthority, CertPair
 from agentarmy.operator import labels
@@ -104,7 +102,7 @@ def install_admission(cluster: DevCluster | ExistingCluster, namespace: str) -> 
         _service(namespace, port),
         webhook_configuration(namespace, cluster.ca_file.read_bytes(), port),
     ]
-    cluster.kubectl("apply", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in documents))
+    cluster.apply(documents)
     return LocalAdmission(namespace, port, cert)
 
 

@@ -125,6 +125,11 @@ class KubectlAccess:
     ) -> subprocess.CompletedProcess[str]:
         return run_kubectl(self.kubeconfig, *args, input=input, check=check, timeout=timeout)
 
+    def apply(self, documents: list[dict[str, Any]], *args: str) -> None:
+        """`kubectl apply` objects given as dicts."""
+        text = "---\n".join(yaml.safe_dump(d) for d in documents)
+        self.kubectl("apply", *args, "-f", "-", input=text)
+
     def install_crds(self, crd_dir: Path, timeout: float = 60) -> None:
         install_crds(self.kubeconfig, crd_dir, timeout)
 
@@ -430,7 +435,7 @@ class DevCluster(KubectlAccess):
 
     def _create_nodes(self) -> None:
         documents = [_kwok_node(f"kwok-node-{i}", self.pods_per_node) for i in range(self.nodes)]
-        self.kubectl("apply", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in documents))
+        self.apply(documents)
 
     def _nodes_ready(self) -> bool:
         nodes = self._api_json("/api/v1/nodes")["items"]

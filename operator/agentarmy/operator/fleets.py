@@ -112,8 +112,7 @@ class FleetReconciler:
         expected = self.expectations.pending(key, seen)
         members += [rollout.Member(n, hash_, False, False, "9999") for n in sorted(expected)]
 
-        rules = self.enforced_rules(fleet, spec)
-        policy = self.check_policy(fleet, spec, rules)
+        policy, rules = self.check_policy(fleet, spec)
         # Before any new Agent: its Pod must not start without the egress it is allowed.
         resync = await self.egress.sync(fleet, rules.egress)
         decision = rollout.plan(
@@ -143,26 +142,21 @@ class FleetReconciler:
             requeue = min(requeue or resync, resync)
         return requeue
 
-    def enforced_rules(self, fleet: FleetView, spec: FleetSpec) -> RuntimeRules:
-        """The runtime rules of every enforce-mode Policy that selects the Fleet, combined."""
-        subject = fleet_subject(fleet.namespace, fleet.name, fleet.labels, spec)
-        policies = self.cache.policy_set()
-        return effective_rules(policies, fleet.namespace, subject.label_sets).enforced
-
     def check_policy(
-        self, fleet: FleetView, spec: FleetSpec, rules: RuntimeRules | None = None
-    ) -> compliance.Compliance:
+        self, fleet: FleetView, spec: FleetSpec
+    ) -> tuple[compliance.Compliance, RuntimeRules]:
+        """The verdict on the Fleet and the runtime rules its enforce-mode Policies set."""
         subject = fleet_subject(fleet.namespace, fleet.name, fleet.labels, spec)
         policies = self.cache.policy_set()
-        if rules is None:
-            rules = self.enforced_rules(fleet, spec)
+        rules = effective_rules(policies, fleet.namespace, subject.label_sets).enforced
         limit = rules.max_replicas
-        return compliance.Compliance(
+        verdict = compliance.Compliance(
             policies.evaluate(subject),
             subject,
             compliance.FLEET_CONSEQUENCE,
             replica_limit=None if limit is None else int(limit.value),
         )
+        return verdict, rules
 
     async def _apply(
         self, fleet: FleetView, spec: FleetSpec, hash_: str, decision: rollout.Plan

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
-from lightkube import ApiError, AsyncClient
+from lightkube import AsyncClient
 
 from agentarmy.operator.admission import BadReview, Body, answer
-from agentarmy.operator.kube import FleetResource
+from agentarmy.operator.kube import Kube
 from agentarmy.operator.policywatch import PolicyCatalog
 
 log = logging.getLogger("agentarmy.operator.webhook")
@@ -84,15 +84,10 @@ async def start_webhook(
     """Serve AdmissionReviews on ``config.port``; returns the runner and the reload task."""
     certificate = ReloadingCertificate(config.cert_file, config.key_file)
 
+    kube = Kube(client)
+
     async def fleet(namespace: str, name: str) -> Body | None:
-        try:
-            found = await client.get(FleetResource, name, namespace=namespace)
-        except ApiError as err:
-            if err.status.code == 404:
-                return None
-            raise
-        body: Body = found.to_dict()  # type: ignore[no-untyped-call]
-        return body
+        return await kube.get("Fleet", namespace, name)
 
     async def validate(request: web.Request) -> web.Response:
         if not catalog.synced.is_set():
