@@ -9,12 +9,19 @@ Policies bind; audit-mode ones are combined apart, for reporting only.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from agentarmy.api.agent import PolicyOverrides
 from agentarmy.api.common import parse_duration
+from agentarmy.api.rules import (
+    ApprovalRule,
+    BudgetRule,
+    FleetRules,
+    RuleLimit,
+    SentinelRule,
+    ToolAllowList,
+)
 from agentarmy.policy.engine import NamedPolicy, PolicySet
 from agentarmy.policy.findings import Finding, Mode
 from agentarmy.policy.globs import any_match
@@ -70,55 +77,71 @@ class RuntimeRules:
 
     def tool_call(self, tool: str) -> ToolDecision:
         """May an agent call ``tool``, and does the call need a human's approval?"""
-        for policy, globs in self.allowed_tools:
-            if not any_match(tool, globs):
-                return ToolDecision(
-                    allowed=False,
-                    finding=Finding(
-                        policy,
-                        "allowedTools",
-                        "tool",
-                        self.mode,
-                        f'tool "{tool}" is not allowed by {", ".join(globs)}',
-                    ),
-                )
-        approvers = tuple(p for pattern, p in self.approval_tools if any_match(tool, (pattern,)))
-        return ToolDecision(allowed=True, approval_by=approvers)
+        return tool_decision(self.allowed_tools, self.approval_tools, tool, self.mode)
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON for the router (which keeps it in its store) and for status."""
+    def to_wire(self, fleet: str) -> FleetRules:
+        """What the router enforces for ``fleet`` (it keeps this in its store)."""
 
-        def limit(value: Limit | None) -> dict[str, Any] | None:
-            return None if value is None else {"value": value.value, "policy": value.policy}
+        def limit(value: Limit | None) -> RuleLimit | None:
+            return None if value is None else RuleLimit(value=value.value, policy=value.policy)
 
-        return {
-            "mode": self.mode,
-            "policies": list(self.policies),
-            "maxReplicas": limit(self.max_replicas),
-            "tasksPerMinute": limit(self.tasks_per_minute),
-            "burst": limit(self.burst),
-            "tokenBudgets": [
-                {"tokens": b.tokens, "windowSeconds": b.window_seconds, "policy": b.policy}
+        return FleetRules(
+            fleet=fleet,
+            policies=list(self.policies),
+            tasksPerMinute=limit(self.tasks_per_minute),
+            burst=limit(self.burst),
+            tokenBudgets=[
+                BudgetRule(tokens=b.tokens, windowSeconds=b.window_seconds, policy=b.policy)
                 for b in self.token_budgets
             ],
-            "allowedTools": [{"policy": p, "globs": list(g)} for p, g in self.allowed_tools],
-            "approvalTools": [{"tool": t, "policy": p} for t, p in self.approval_tools],
-            "sentinel": {
-                "maxErrorRate": limit(self.max_error_rate),
-                "minTasks": limit(self.min_tasks),
-                "windowSeconds": limit(self.window_seconds),
-                "maxTokensPerHour": limit(self.max_tokens_per_hour),
-                "maxCostPerHour": limit(self.max_cost_per_hour),
-            },
-            "egress": None
-            if self.egress is None
-            else {
-                "cidrs": list(self.egress.cidrs),
-                "ports": list(self.egress.ports),
-                "allowDNS": self.egress.allow_dns,
-                "policies": list(self.egress.policies),
-            },
-        }
+            allowedTools=[ToolAllowList(policy=p, globs=list(g)) for p, g in self.allowed_tools],
+            approvalTools=[ApprovalRule(tool=t, policy=p) for t, p in self.approval_tools],
+            sentinel=SentinelRule(
+                maxErrorRate=limit(self.max_error_rate),
+                minTasks=limit(self.min_tasks),
+                windowSeconds=limit(self.window_seconds),
+                maxTokensPerHour=limit(self.max_tokens_per_hour),
+                maxCostPerHour=limit(self.max_cost_per_hour),
+            ),
+        )
+
+    @property
+    def binds_at_runtime(self) -> bool:
+        """Whether any rule here is the router's or the agent runtime's to enforce."""
+        return bool(
+            self.tasks_per_minute
+            or self.token_budgets
+            or self.allowed_tools
+            or self.approval_tools
+            or self.max_error_rate
+            or self.max_tokens_per_hour
+            or self.max_cost_per_hour
+        )
+
+
+def tool_decision(
+    allowed_tools: Iterable[tuple[str, Sequence[str]]],
+    approval_tools: Iterable[tuple[str, str]],
+    tool: str,
+    mode: Mode = "enforce",
+) -> ToolDecision:
+    """The one judgement of a tool call, used by the policy library and the agent runtime:
+    ``allowed_tools`` are (policy, globs) — the tool must match a glob of each; a match of
+    an ``approval_tools`` (glob, policy) entry means a person must approve the call."""
+    for policy, globs in allowed_tools:
+        if not any_match(tool, tuple(globs)):
+            return ToolDecision(
+                allowed=False,
+                finding=Finding(
+                    policy,
+                    "allowedTools",
+                    "tool",
+                    mode,
+                    f'tool "{tool}" is not allowed by {", ".join(globs)}',
+                ),
+            )
+    approvers = tuple(p for pattern, p in approval_tools if any_match(tool, (pattern,)))
+    return ToolDecision(allowed=True, approval_by=approvers)
 
 
 @dataclass(frozen=True)
@@ -138,9 +161,6 @@ class EffectiveRules:
 
     enforced: RuntimeRules = field(default_factory=lambda: RuntimeRules("enforce"))
     audited: RuntimeRules = field(default_factory=lambda: RuntimeRules("audit"))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"enforced": self.enforced.as_dict(), "audited": self.audited.as_dict()}
 
 
 def _lowest(current: Limit | None, value: float | None, policy: str) -> Limit | None:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from agentarmy.api.agent import PolicyOverrides
+from agentarmy.api.rules import FleetRules
 from agentarmy.policy import (
     EffectiveRules,
     NamedPolicy,
@@ -237,7 +238,7 @@ def test_only_selecting_policies_of_the_namespace_count() -> None:
     assert rules.max_replicas == Limit(4, "team-a/by-template")
 
 
-def test_as_dict_is_json() -> None:
+def test_the_router_gets_the_enforced_runtime_rules_on_the_wire() -> None:
     policies = [
         policy(
             "a",
@@ -249,26 +250,23 @@ def test_as_dict_is_json() -> None:
             sentinel={"maxErrorRate": 0.1},
             egress={"cidrs": ["10.0.0.0/8"]},
         ),
-        policy("w", mode="audit"),
+        policy("w", mode="audit", taskRateLimit={"tasksPerMinute": 1}),
     ]
-    data = rules_for(policies).as_dict()
-    assert json.loads(json.dumps(data)) == data
-    enforced_ = data["enforced"]
-    assert enforced_["maxReplicas"] == {"value": 3, "policy": "team-a/a"}
-    assert enforced_["tasksPerMinute"] == {"value": 60, "policy": "team-a/a"}
-    assert enforced_["tokenBudgets"] == [
-        {"tokens": 100, "windowSeconds": 3600.0, "policy": "team-a/a"}
-    ]
-    assert enforced_["allowedTools"] == [{"policy": "team-a/a", "globs": ["fs.*"]}]
-    assert enforced_["approvalTools"] == [{"tool": "fs.delete", "policy": "team-a/a"}]
-    assert enforced_["sentinel"]["maxErrorRate"] == {"value": 0.1, "policy": "team-a/a"}
-    assert enforced_["sentinel"]["minTasks"] == {"value": 20, "policy": "team-a/a"}
-    assert enforced_["sentinel"]["maxCostPerHour"] is None
-    assert enforced_["egress"] == {
-        "cidrs": ["10.0.0.0/8"],
-        "ports": [443],
-        "allowDNS": True,
-        "policies": ["team-a/a"],
-    }
-    assert data["audited"]["policies"] == ["team-a/w"]
-    assert data["audited"]["egress"] is None
+    effective = rules_for(policies)
+    assert effective.enforced.binds_at_runtime
+    wire_rules = effective.enforced.to_wire("f")
+    data = json.loads(wire_rules.model_dump_json())
+    assert FleetRules.model_validate(data) == wire_rules
+    assert data["fleet"] == "f"
+    assert data["tasksPerMinute"] == {"value": 60, "policy": "team-a/a"}
+    assert data["burst"] == {"value": 60, "policy": "team-a/a"}
+    assert data["tokenBudgets"] == [{"tokens": 100, "windowSeconds": 3600.0, "policy": "team-a/a"}]
+    assert data["allowedTools"] == [{"policy": "team-a/a", "globs": ["fs.*"]}]
+    assert data["approvalTools"] == [{"tool": "fs.delete", "policy": "team-a/a"}]
+    assert data["sentinel"]["maxErrorRate"] == {"value": 0.1, "policy": "team-a/a"}
+    assert data["sentinel"]["minTasks"] == {"value": 20, "policy": "team-a/a"}
+
+
+def test_rules_that_only_admission_enforces_do_not_bind_at_runtime() -> None:
+    effective = rules_for([policy("a", maxReplicasPerFleet=3, egress={"cidrs": ["10.0.0.0/8"]})])
+    assert not effective.enforced.binds_at_runtime
