@@ -2,7 +2,9 @@
 
 Both store backends load a task, apply one of these, and write it back under their
 own concurrency control (one SQLite writer; compare-and-swap in NATS KV), so the
-rules — fencing, backoff, dead letter — exist exactly once.
+rules — fencing, backoff, dead letter — exist exactly once. Decisions that also answer an
+agent (``renew_lease``, ``apply_result``) take the task as None when the store has no such
+task, so that answer is made here too.
 """
 
 from __future__ import annotations
@@ -147,6 +149,31 @@ def extend_lease(task: Task, now: float, lease_seconds: float) -> Task:
     return task.model_copy(update={"leaseExpiresAt": now + lease_seconds})
 
 
+def renew_lease(
+    task: Task | None, ref: wire.LeaseRef, holder: str, now: float, lease_seconds: float
+) -> tuple[Task | None, wire.LeaseStatus]:
+    """One lease of a heartbeat: the task with its lease extended if the fencing token holds
+    (None: nothing to write; ``task`` None: there is no such task) and the agent's answer."""
+    problem = "no such task" if task is None else fence_problem(task, ref, holder)
+    if task is None or problem is not None:
+        cancelled = task is not None and task.phase == "Cancelled"
+        status = wire.LeaseStatus(
+            taskId=ref.taskId,
+            attempt=ref.attempt,
+            status="cancelled" if cancelled else "stale",
+            message=problem,
+        )
+        return None, status
+    extended = extend_lease(task, now, lease_seconds)
+    status = wire.LeaseStatus(
+        taskId=ref.taskId,
+        attempt=ref.attempt,
+        status="extended",
+        leaseExpiresAt=extended.leaseExpiresAt,
+    )
+    return extended, status
+
+
 def _end_attempt(task: Task, outcome: AttemptOutcome, reason: str, now: float) -> list[Attempt]:
     last = task.attempts[-1].model_copy(
         update={"endedAt": now, "outcome": outcome, "reason": reason}
@@ -240,16 +267,20 @@ def cancel(task: Task, now: float) -> Task | None:
 
 
 def apply_result(
-    task: Task, report: wire.TaskResult, holder: str, now: float, policy: RetryPolicy
+    task: Task | None, report: wire.TaskResult, holder: str, now: float, policy: RetryPolicy
 ) -> tuple[Task | None, wire.ResultAck]:
-    """Record an agent's report if its fencing token holds; the new task (or None) and the ack."""
-    problem = fence_problem(task, report, holder)
-    if problem is not None:
+    """Record an agent's report if its fencing token holds; the new task (None: nothing to
+    write; ``task`` None: there is no such task) and the ack."""
+    if task is None:
+        problem: str | None = f"task {report.taskId} does not exist"
+    else:
+        problem = fence_problem(task, report, holder)
+    if task is None or problem is not None:
         ack = wire.ResultAck(
             taskId=report.taskId,
             attempt=report.attempt,
             status="stale",
-            phase=task.phase,
+            phase=None if task is None else task.phase,
             message=problem,
         )
         return None, ack

@@ -265,6 +265,42 @@ async def test_stats_count_by_fleet_agent_and_template(store: TaskStore) -> None
     assert not any(a.live for a in later.fleets[0].agents)
 
 
+async def test_stats_order_fleets_agents_and_templates_alike(store: TaskStore) -> None:
+    await store.submit([task(fleet="fleet-b"), task(fleet="fleet-b"), task()], T0)
+    late = await agent(store, "b2", fleet="fleet-b", template_hash="z")
+    early = await agent(store, "b1", fleet="fleet-b", template_hash="y")
+    await agent(store, "idle", fleet="fleet-c")
+    (first,) = await store.claim(late, 1, T0)
+    await store.report(late, [succeeded(first)], T0 + 1)
+    (second,) = await store.claim(early, 1, T0 + 1)
+    await store.report(early, [failed(second, retryable=False)], T0 + 2)
+    stats = await store.stats(T0 + 3)
+    assert [f.fleet for f in stats.fleets] == ["fleet-a", "fleet-b", "fleet-c"]
+    fleet_a, fleet_b, fleet_c = stats.fleets
+    assert (fleet_a.queued, fleet_a.agents, fleet_a.templates) == (1, [], [])
+    assert (fleet_b.queued, fleet_b.succeeded, fleet_b.failed) == (0, 1, 1)
+    assert [(a.name, a.succeeded, a.failed) for a in fleet_b.agents] == [
+        ("b1", 0, 1),
+        ("b2", 1, 0),
+    ]
+    assert [(t.templateHash, t.attempts, t.failures) for t in fleet_b.templates] == [
+        ("y", 1, 1),
+        ("z", 1, 0),
+    ]
+    assert [a.name for a in fleet_c.agents] == ["idle"] and fleet_c.queued == 0
+
+
+async def test_unknown_tasks_are_stale_for_heartbeats_and_results(store: TaskStore) -> None:
+    worker = await agent(store)
+    ref = wire.LeaseRef(taskId="t-nope", attempt=1)
+    (beat,) = await store.heartbeat(worker, [ref], False, T0)
+    assert (beat.status, beat.message, beat.leaseExpiresAt) == ("stale", "no such task", None)
+    result = wire.TaskResult(taskId="t-nope", attempt=1, outcome="succeeded")
+    (reported,) = await store.report(worker, [result], T0)
+    assert reported.task is None and reported.ack.status == "stale"
+    assert reported.ack.message == "task t-nope does not exist"
+
+
 async def test_list_filters_and_pages(store: TaskStore) -> None:
     parent, *_ = await store.submit([task(), task(fleet="fleet-b"), task(), task()], T0)
     (child,) = await store.submit([task(fleet="fleet-b", parentTaskId=parent.task.id)], T0)

@@ -75,3 +75,42 @@ def test_usage_is_kept_even_for_failed_attempts() -> None:
     report = wire.TaskResult(taskId="t-1", attempt=1, outcome="failed", error="x", usage=usage)
     updated, ack = lifecycle.apply_result(running(), report, "ns/a1", NOW, POLICY)
     assert ack.status == "recorded" and updated is not None and updated.usage == usage
+
+
+def test_renew_lease_extends_only_a_held_lease() -> None:
+    task = running()
+    ref = wire.LeaseRef(taskId="t-1", attempt=1)
+    extended, status = lifecycle.renew_lease(task, ref, "ns/a1", NOW + 20, 30)
+    assert extended is not None and extended.leaseExpiresAt == NOW + 50
+    assert extended.deadlineAt == task.deadlineAt and task.leaseExpiresAt == NOW + 30
+    assert status == wire.LeaseStatus(
+        taskId="t-1", attempt=1, status="extended", leaseExpiresAt=NOW + 50
+    )
+    foreign, status = lifecycle.renew_lease(task, ref, "ns/a2", NOW + 20, 30)
+    assert foreign is None and status.status == "stale" and "held by ns/a1" in status.message
+    stale_ref = wire.LeaseRef(taskId="t-1", attempt=2)
+    stale, status = lifecycle.renew_lease(task, stale_ref, "ns/a1", NOW + 20, 30)
+    assert stale is None and (status.status, status.attempt) == ("stale", 2)
+    assert status.leaseExpiresAt is None
+
+
+def test_renew_lease_of_a_cancelled_or_unknown_task() -> None:
+    cancelled = lifecycle.cancel(running(), NOW)
+    assert cancelled is not None
+    ref = wire.LeaseRef(taskId="t-1", attempt=1)
+    updated, status = lifecycle.renew_lease(cancelled, ref, "ns/a1", NOW, 30)
+    assert updated is None and status.status == "cancelled" and "cancelled" in status.message
+    updated, status = lifecycle.renew_lease(None, ref, "ns/a1", NOW, 30)
+    assert updated is None
+    assert status == wire.LeaseStatus(
+        taskId="t-1", attempt=1, status="stale", message="no such task"
+    )
+
+
+def test_result_for_an_unknown_task_is_stale() -> None:
+    report = wire.TaskResult(taskId="t-9", attempt=3, outcome="succeeded")
+    updated, ack = lifecycle.apply_result(None, report, "ns/a1", NOW, POLICY)
+    assert updated is None
+    assert ack == wire.ResultAck(
+        taskId="t-9", attempt=3, status="stale", message="task t-9 does not exist"
+    )

@@ -30,7 +30,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import nats
 from nats.js.api import StorageType
@@ -39,6 +39,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 from agentarmy.api import wire
 from agentarmy.api.wire import AgentInfo, Task
 from agentarmy.router import lifecycle
+from agentarmy.router.store import summary
 from agentarmy.router.store.base import (
     QueueDepths,
     Reported,
@@ -48,13 +49,14 @@ from agentarmy.router.store.base import (
     TaskQuery,
     TaskStore,
     UnknownAgent,
-    error_rate,
     leases_by_agent,
     plan_leases,
     room_for,
 )
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
+P = ParamSpec("P")
 
 CAS_RETRIES = 8
 WRITE_TIMEOUT = 10.0
@@ -122,7 +124,8 @@ class _Mirror:
         self.depths: Counter[tuple[str, str, int]] = Counter()
         self.queued: Counter[tuple[str, str, str]] = Counter()  # (ns, fleet, capability)
         self.agent_tally: Counter[tuple[str, str]] = Counter()  # (agent, Succeeded|Failed)
-        self.template_tally: Counter[tuple[str, str, str, str]] = Counter()  # ns, fleet, hash, kind
+        self.template_attempts: Counter[tuple[str, str, str]] = Counter()  # (ns, fleet, hash)
+        self.template_failures: Counter[tuple[str, str, str]] = Counter()  # (ns, fleet, hash)
 
     def apply(self, task_id: str, entry: _Entry) -> bool:
         """Take a newer version of a task; False if we already had this one or a newer one."""
@@ -152,9 +155,13 @@ class _Mirror:
             self.running_by_agent[entry.agent] += sign
         for agent, template_hash, outcome in entry.ended_attempts:
             if outcome == "Succeeded" or outcome in wire.COUNTED_OUTCOMES:
-                kind = "Succeeded" if outcome == "Succeeded" else "Failed"
-                self.agent_tally[(agent, kind)] += sign
-                self.template_tally[(entry.namespace, entry.fleet, template_hash, kind)] += sign
+                template = (entry.namespace, entry.fleet, template_hash)
+                self.template_attempts[template] += sign
+                if outcome == "Succeeded":
+                    self.agent_tally[(agent, "Succeeded")] += sign
+                else:
+                    self.agent_tally[(agent, "Failed")] += sign
+                    self.template_failures[template] += sign
 
     def candidates(
         self,
@@ -372,6 +379,28 @@ class NatsStore(TaskStore):
             f"task {task_id} kept changing under us; giving up after {CAS_RETRIES} tries"
         )
 
+    async def _decide(
+        self,
+        task_id: str,
+        decide: Callable[Concatenate[Task | None, P], tuple[Task | None, R]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> tuple[Task | None, R]:
+        """``_mutate`` for a lifecycle decision that also answers the caller (a lease status,
+        a result ack): the task written (None: nothing written) and the answer for the task
+        as last seen, or for no task (``decide(None, ...)``) when it does not exist."""
+        answers: list[R] = []
+
+        def change(task: Task) -> Task | None:
+            updated, answer = decide(task, *args, **kwargs)
+            answers.append(answer)
+            return updated
+
+        outcome = await self._mutate(task_id, change)
+        if outcome is None:
+            return decide(None, *args, **kwargs)
+        return outcome[1], answers[-1]
+
     # -- tasks ----------------------------------------------------------------------------
 
     async def submit(self, requests: Sequence[wire.SubmitTask], now: float) -> list[Submitted]:
@@ -505,32 +534,9 @@ class NatsStore(TaskStore):
         return list(await asyncio.gather(*(self._extend_one(ref, holder, now) for ref in leases)))
 
     async def _extend_one(self, ref: wire.LeaseRef, holder: str, now: float) -> wire.LeaseStatus:
-        problems: list[tuple[str, str]] = []
-
-        def change(task: Task) -> Task | None:
-            problem = lifecycle.fence_problem(task, ref, holder)
-            if problem is not None:
-                problems.append(("cancelled" if task.phase == "Cancelled" else "stale", problem))
-                return None
-            return lifecycle.extend_lease(task, now, self.settings.lease_seconds)
-
-        outcome = await self._mutate(ref.taskId, change)
-        if outcome is None:
-            return wire.LeaseStatus(
-                taskId=ref.taskId, attempt=ref.attempt, status="stale", message="no such task"
-            )
-        _, updated = outcome
-        if updated is None:
-            status, message = problems[-1]
-            return wire.LeaseStatus(
-                taskId=ref.taskId, attempt=ref.attempt, status=status, message=message
-            )
-        return wire.LeaseStatus(
-            taskId=ref.taskId,
-            attempt=ref.attempt,
-            status="extended",
-            leaseExpiresAt=updated.leaseExpiresAt,
-        )
+        lease = self.settings.lease_seconds
+        _, status = await self._decide(ref.taskId, lifecycle.renew_lease, ref, holder, now, lease)
+        return status
 
     async def claim(self, agent: AgentInfo, max_tasks: int, now: float) -> list[Task]:
         holder = lifecycle.agent_id(agent.namespace, agent.name)
@@ -576,23 +582,11 @@ class NatsStore(TaskStore):
         return list(await asyncio.gather(*(self._report_one(r, holder, now) for r in results)))
 
     async def _report_one(self, result: wire.TaskResult, holder: str, now: float) -> Reported:
-        acks: list[wire.ResultAck] = []
-
-        def change(task: Task) -> Task | None:
-            updated, ack = lifecycle.apply_result(task, result, holder, now, self.settings.retry)
-            acks.append(ack)
-            return updated
-
-        outcome = await self._mutate(result.taskId, change)
-        if outcome is None:
-            ack = wire.ResultAck(
-                taskId=result.taskId,
-                attempt=result.attempt,
-                status="stale",
-                message=f"task {result.taskId} does not exist",
-            )
-            return Reported(ack, None)
-        return Reported(acks[-1], outcome[1])
+        policy = self.settings.retry
+        updated, ack = await self._decide(
+            result.taskId, lifecycle.apply_result, result, holder, now, policy
+        )
+        return Reported(ack, updated)
 
     async def expire_due(self, now: float) -> list[Task]:
         due = [tid for tid, at in self._mirror.expiring.items() if at <= now]
@@ -628,59 +622,18 @@ class NatsStore(TaskStore):
 
     async def stats(self, now: float) -> wire.Stats:
         mirror = self._mirror
-        keys = {(ns, fl) for ns, fl, _ in mirror.phase_counts} | {
-            (ns, info.fleet) for (ns, _), (_, info) in self._agents.items()
-        }
-        fleets = []
-        for ns, fl in sorted(keys):
-            phases = {
-                p: mirror.phase_counts[(ns, fl, p)]
-                for p in ("Queued", "Running", "Succeeded", "Failed", "DeadLettered", "Cancelled")
-            }
-            by_priority = {
-                str(p): c for (n, f, p), c in mirror.depths.items() if (n, f) == (ns, fl) and c > 0
-            }
-            agents = [
-                wire.AgentStats(
-                    name=info.name,
-                    ready=info.ready,
-                    live=now - info.lastHeartbeat <= self.settings.liveness_seconds,
-                    templateHash=info.templateHash,
-                    running=mirror.running_by_agent[lifecycle.agent_id(ns, info.name)],
-                    succeeded=mirror.agent_tally[(lifecycle.agent_id(ns, info.name), "Succeeded")],
-                    failed=mirror.agent_tally[(lifecycle.agent_id(ns, info.name), "Failed")],
-                    lastHeartbeat=info.lastHeartbeat,
-                )
-                for (a_ns, _), (_, info) in sorted(self._agents.items())
-                if a_ns == ns and info.fleet == fl
-            ]
-            hashes = sorted({h for n, f, h, _ in mirror.template_tally if (n, f) == (ns, fl)})
-            templates = []
-            for template_hash in hashes:
-                succeeded = mirror.template_tally[(ns, fl, template_hash, "Succeeded")]
-                failures = mirror.template_tally[(ns, fl, template_hash, "Failed")]
-                if succeeded + failures:
-                    templates.append(
-                        wire.TemplateStats(
-                            templateHash=template_hash,
-                            attempts=succeeded + failures,
-                            failures=failures,
-                            errorRate=error_rate(succeeded + failures, failures),
-                        )
-                    )
-            fleets.append(
-                wire.FleetStats(
-                    namespace=ns,
-                    fleet=fl,
-                    queued=phases["Queued"],
-                    queuedByPriority=by_priority,
-                    running=phases["Running"],
-                    succeeded=phases["Succeeded"],
-                    failed=phases["Failed"],
-                    deadLettered=phases["DeadLettered"],
-                    cancelled=phases["Cancelled"],
-                    agents=agents,
-                    templates=templates,
-                )
-            )
-        return wire.Stats(generatedAt=now, fleets=fleets)
+        tally = mirror.agent_tally
+        agents = []
+        for _, info in self._agents.values():
+            holder = lifecycle.agent_id(info.namespace, info.name)
+            agents.append((info, tally[(holder, "Succeeded")], tally[(holder, "Failed")]))
+        failures = mirror.template_failures
+        return summary.build_stats(
+            now,
+            self.settings.liveness_seconds,
+            phases=mirror.phase_counts,
+            depths=mirror.depths,
+            running=mirror.running_by_agent,
+            agents=agents,
+            templates={key: (n, failures[key]) for key, n in mirror.template_attempts.items()},
+        )

@@ -29,11 +29,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from agentarmy.api import wire
 from agentarmy.api.wire import AgentInfo, Task
 from agentarmy.router import lifecycle
+from agentarmy.router.store import summary
 from agentarmy.router.store.base import (
     QueueDepths,
     Reported,
@@ -42,13 +43,14 @@ from agentarmy.router.store.base import (
     TaskQuery,
     TaskStore,
     UnknownAgent,
-    error_rate,
     leases_by_agent,
     plan_leases,
     room_for,
 )
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 Operation = Callable[[sqlite3.Connection], Any]
 
 MAX_BATCH_OPERATIONS = 2000
@@ -328,33 +330,20 @@ class SqliteStore(TaskStore):
         _update(conn, task)
         self._leases.saw(task)
 
-    def _extend_one(
+    def _decide(
         self,
         conn: sqlite3.Connection,
-        task: Task | None,
-        ref: wire.LeaseRef,
-        holder: str,
-        now: float,
-        lease_seconds: float,
-    ) -> wire.LeaseStatus:
-        if task is None:
-            return wire.LeaseStatus(
-                taskId=ref.taskId, attempt=ref.attempt, status="stale", message="no such task"
-            )
-        problem = lifecycle.fence_problem(task, ref, holder)
-        if problem is not None:
-            status = "cancelled" if task.phase == "Cancelled" else "stale"
-            return wire.LeaseStatus(
-                taskId=ref.taskId, attempt=ref.attempt, status=status, message=problem
-            )
-        extended = lifecycle.extend_lease(task, now, lease_seconds)
-        self._save(conn, extended)
-        return wire.LeaseStatus(
-            taskId=ref.taskId,
-            attempt=ref.attempt,
-            status="extended",
-            leaseExpiresAt=extended.leaseExpiresAt,
-        )
+        task_id: str,
+        decide: Callable[Concatenate[Task | None, P], tuple[Task | None, R]],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> tuple[Task | None, R]:
+        """Apply a lifecycle decision that also answers the caller (a lease status, a result
+        ack) to a task (None: no such task) and write the task it returns, if any."""
+        updated, answer = decide(self._leases.find(conn, task_id), *args, **kwargs)
+        if updated is not None:
+            self._save(conn, updated)
+        return updated, answer
 
     def _grant_restart_grace(self, conn: sqlite3.Connection, now: float) -> None:
         rows = conn.execute("SELECT body FROM tasks WHERE phase = 'Running'").fetchall()
@@ -479,7 +468,7 @@ class SqliteStore(TaskStore):
         self, agent: AgentInfo, leases: Sequence[wire.LeaseRef], draining: bool, now: float
     ) -> list[wire.LeaseStatus]:
         holder = lifecycle.agent_id(agent.namespace, agent.name)
-        lease_seconds = self.settings.lease_seconds
+        lease = self.settings.lease_seconds
 
         def operation(conn: sqlite3.Connection) -> tuple[AgentInfo, list[wire.LeaseStatus]]:
             current = _load_agent(conn, agent.namespace, agent.name)
@@ -490,10 +479,10 @@ class SqliteStore(TaskStore):
                 "UPDATE agents SET body = ? WHERE namespace = ? AND name = ?",
                 (touched.model_dump_json(), agent.namespace, agent.name),
             )
-            statuses = []
-            for ref in leases:
-                task = self._leases.find(conn, ref.taskId)
-                statuses.append(self._extend_one(conn, task, ref, holder, now, lease_seconds))
+            statuses = [
+                self._decide(conn, ref.taskId, lifecycle.renew_lease, ref, holder, now, lease)[1]
+                for ref in leases
+            ]
             return touched, statuses
 
         touched, statuses = await self._write(operation)
@@ -569,19 +558,10 @@ class SqliteStore(TaskStore):
         def operation(conn: sqlite3.Connection) -> list[Reported]:
             reported = []
             for result in results:
-                task = self._leases.find(conn, result.taskId)
-                if task is None:
-                    ack = wire.ResultAck(
-                        taskId=result.taskId,
-                        attempt=result.attempt,
-                        status="stale",
-                        message=f"task {result.taskId} does not exist",
-                    )
-                    reported.append(Reported(ack, None))
-                    continue
-                updated, ack = lifecycle.apply_result(task, result, holder, now, policy)
+                updated, ack = self._decide(
+                    conn, result.taskId, lifecycle.apply_result, result, holder, now, policy
+                )
                 if updated is not None:
-                    self._save(conn, updated)
                     _count_attempt(conn, updated)
                 reported.append(Reported(ack, updated))
             return reported
@@ -639,69 +619,26 @@ class SqliteStore(TaskStore):
         return await self._read(lambda conn: self._stats(conn, now))
 
     def _stats(self, conn: sqlite3.Connection, now: float) -> wire.Stats:
-        fleets: dict[tuple[str, str], dict[str, Any]] = {}
-
-        def fleet(ns: str, name: str) -> dict[str, Any]:
-            return fleets.setdefault((ns, name), _empty_fleet(ns, name))
-
-        for ns, name, phase, count in conn.execute(
+        phases = conn.execute(
             "SELECT namespace, fleet, phase, count(*) FROM tasks GROUP BY namespace, fleet, phase"
-        ):
-            fleet(ns, name)[_PHASE_FIELDS[phase]] += count
-        for (ns, name, priority), count in _rows_to_depths(conn).items():
-            fleet(ns, name)["queuedByPriority"][str(priority)] = count
-        running = dict(
-            conn.execute(
-                "SELECT agent, count(*) FROM tasks WHERE phase = 'Running' GROUP BY agent"
-            ).fetchall()
-        )
-        for body, succeeded, failed in conn.execute("SELECT body, succeeded, failed FROM agents"):
-            info = AgentInfo.model_validate_json(body)
-            holder = lifecycle.agent_id(info.namespace, info.name)
-            fleet(info.namespace, info.fleet)["agents"].append(
-                wire.AgentStats(
-                    name=info.name,
-                    ready=info.ready,
-                    live=now - info.lastHeartbeat <= self.settings.liveness_seconds,
-                    templateHash=info.templateHash,
-                    running=running.get(holder, 0),
-                    succeeded=succeeded,
-                    failed=failed,
-                    lastHeartbeat=info.lastHeartbeat,
-                )
-            )
-        for ns, name, template_hash, attempts, failures in conn.execute(
+        ).fetchall()
+        depths = _rows_to_depths(conn)
+        running = conn.execute(
+            "SELECT agent, count(*) FROM tasks WHERE phase = 'Running' GROUP BY agent"
+        ).fetchall()
+        agents = conn.execute("SELECT body, succeeded, failed FROM agents").fetchall()
+        templates = conn.execute(
             "SELECT namespace, fleet, template_hash, attempts, failures FROM templates"
-        ):
-            fleet(ns, name)["templates"].append(
-                wire.TemplateStats(
-                    templateHash=template_hash,
-                    attempts=attempts,
-                    failures=failures,
-                    errorRate=error_rate(attempts, failures),
-                )
-            )
-        return wire.Stats(
-            generatedAt=now,
-            fleets=[wire.FleetStats(**fields) for _, fields in sorted(fleets.items())],
+        ).fetchall()
+        return summary.build_stats(
+            now,
+            self.settings.liveness_seconds,
+            phases={(ns, fleet, phase): count for ns, fleet, phase, count in phases},
+            depths=depths,
+            running=dict(running),
+            agents=[(AgentInfo.model_validate_json(b), ok, bad) for b, ok, bad in agents],
+            templates={(ns, fleet, h): (n, bad) for ns, fleet, h, n, bad in templates},
         )
-
-
-_PHASE_FIELDS = {
-    "Queued": "queued",
-    "Running": "running",
-    "Succeeded": "succeeded",
-    "Failed": "failed",
-    "DeadLettered": "deadLettered",
-    "Cancelled": "cancelled",
-    "Pending": "queued",
-}
-
-
-def _empty_fleet(namespace: str, fleet: str) -> dict[str, Any]:
-    fields: dict[str, Any] = {value: 0 for value in _PHASE_FIELDS.values()}
-    fields.update(namespace=namespace, fleet=fleet, queuedByPriority={}, agents=[], templates=[])
-    return fields
 
 
 def _rows_to_depths(conn: sqlite3.Connection) -> QueueDepths:
