@@ -233,6 +233,8 @@ class AgentRuntime:
             settings=self.settings,
             hand_off=lambda child: self._hand_off(lease, child),
             tools=self.tools,
+            tool_rules=lease.tools,
+            budget=_LeaseBudget(self.client, self.settings, lease),
         )
         timeout = max(0.001, lease.deadlineAt - time.time())
         try:
@@ -384,3 +386,27 @@ def run_event_loop(main: Coroutine[object, object, None]) -> None:
         asyncio.run(main)
     else:
         uvloop.run(main)
+
+
+class _LeaseBudget:
+    """Token reservations for one lease, through the router (which fences them)."""
+
+    def __init__(self, client: RouterClient, settings: AgentSettings, lease: wire.Lease) -> None:
+        self.client, self.settings, self.lease = client, settings, lease
+
+    async def reserve(self, tokens: int) -> None:
+        try:
+            await self.client.reserve_tokens(
+                self.settings.namespace, self.settings.name, self.lease, tokens
+            )
+        except RouterError as error:
+            # Over budget: no later attempt can afford it before the window resets either.
+            raise SkillFailed(error.message, retryable=error.status != 429) from error
+
+    async def settle(self, reserved: int, used: int) -> None:
+        try:
+            await self.client.settle_tokens(
+                self.settings.namespace, self.settings.name, self.lease, reserved, used
+            )
+        except RouterError as error:  # the count stays at the reservation: errs high, not low
+            log.warning("could not settle a token reservation: %s", error.message)

@@ -36,6 +36,8 @@ class AgentSettings:
     model_api_key: str = ""
     model_temperature: float | None = None
     model_max_output_tokens: int | None = None
+    model_pricing: tuple[float, float] | None = None
+    """Prices per million (prompt, completion) tokens."""
     allowed_tools: list[str] = field(default_factory=list)
     http_allow_list: list[str] = field(default_factory=list)
 
@@ -98,6 +100,21 @@ class AgentSettings:
             model_max_output_tokens=int(number(env_names.MODEL_MAX_OUTPUT_TOKENS, "0", int))
             if max_tokens
             else None,
+            model_pricing=_pricing(env.get(env_names.MODEL_PRICING, "")),
             allowed_tools=_csv(env.get(env_names.ALLOWED_TOOLS, "")),
             http_allow_list=_csv(env.get(env_names.HTTP_ALLOW_LIST, "")),
         )
+
+
+def _pricing(raw: str) -> tuple[float, float] | None:
+    if not raw.strip():
+        return None
+    try:
+        prompt, completion = (float(part) for part in raw.split(","))
+    except ValueError:
+        raise ValueError(
+            f"{env_names.MODEL_PRICING}={raw!r} must be <input>,<output> prices per 1M tokens"
+        ) from None
+    if prompt < 0 or completion < 0:
+        raise ValueError(f"{env_names.MODEL_PRICING}={raw!r}: prices cannot be negative")
+    return prompt, completion

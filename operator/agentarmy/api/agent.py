@@ -39,6 +39,15 @@ ImageReference = Annotated[
 ]
 
 
+class ModelPricing(Model):
+    """What the provider charges, so usage has a cost (for sentinel.maxCostPerHour)."""
+
+    inputPerMillionTokens: float = Field(ge=0, le=1_000_000, description="Per 1M prompt tokens.")
+    outputPerMillionTokens: float = Field(
+        ge=0, le=1_000_000, description="Per 1M completion tokens."
+    )
+
+
 class ModelSpec(Model):
     """Which language model the agent talks to. The API key is referenced, never inlined."""
 
@@ -60,6 +69,9 @@ class ModelSpec(Model):
     temperature: float | None = Field(default=None, ge=0, le=2, description="Sampling temperature.")
     maxOutputTokens: int | None = Field(
         default=None, ge=1, le=1_000_000, description="Upper bound on tokens per model reply."
+    )
+    pricing: ModelPricing | None = Field(
+        default=None, description="Prices in the provider's currency; without it cost is 0."
     )
 
 

@@ -13,11 +13,18 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 from agentarmy.api.common import DNSLabel, Model
-from agentarmy.api.wire import Request
+from agentarmy.api.wire import (
+    ApprovalRule,
+    AttemptRequest,
+    Halt,
+    PolicyRef,
+    Request,
+    ToolAllowList,
+    ToolRules,
+)
 
-PolicyRef = Annotated[str, StringConstraints(min_length=1, max_length=253)]
-"""``namespace/name`` of a Policy, or ``policyOverrides`` for an Agent's own limits."""
 MAX_FLEETS_PER_SYNC = 5000
+__all__ = ["ApprovalRule", "Halt", "PolicyRef", "ToolAllowList", "ToolRules"]
 
 
 class RuleLimit(Request):
@@ -28,18 +35,6 @@ class RuleLimit(Request):
 class BudgetRule(Request):
     tokens: int = Field(ge=1, description="Tokens allowed per window.")
     windowSeconds: float = Field(gt=0, le=366 * 86400)
-    policy: PolicyRef
-
-
-class ToolAllowList(Request):
-    policy: PolicyRef
-    globs: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(
-        max_length=256
-    )
-
-
-class ApprovalRule(Request):
-    tool: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     policy: PolicyRef
 
 
@@ -70,30 +65,15 @@ class NamespaceRules(Request):
     fleets: list[FleetRules] = Field(default_factory=list, max_length=MAX_FLEETS_PER_SYNC)
 
 
-class RulesInForce(Model):
-    namespace: str
-    fleets: list[FleetRules]
+class RulesInForce(Request):
+    namespace: DNSLabel
+    fleets: list[FleetRules] = Field(default_factory=list, max_length=MAX_FLEETS_PER_SYNC)
 
 
-class ToolRules(Model):
-    """What a lease carries so the agent runtime can judge each tool call itself."""
+class AllRules(Request):
+    """Every governed fleet of every namespace: a full sync replaces all the router holds."""
 
-    allowedTools: list[ToolAllowList] = Field(default_factory=list)
-    approvalTools: list[ApprovalRule] = Field(default_factory=list)
-
-
-class Halt(Model):
-    """Why dispatch to a fleet stopped. Only a person (or clearing the cause) resumes it."""
-
-    namespace: str
-    fleet: str
-    rule: str = Field(description="The sentinel bound breached, e.g. maxErrorRate.")
-    policy: str
-    measured: float
-    bound: float
-    sample: int = Field(default=0, description="Tasks the measurement is based on.")
-    message: str
-    haltedAt: float
+    namespaces: list[RulesInForce] = Field(default_factory=list, max_length=10_000)
 
 
 class ResumeRequest(Request):
@@ -106,3 +86,24 @@ class Resumed(Model):
     resumedBy: str
     resumedAt: float
     wasHalted: Halt | None = None
+
+
+MAX_TOKENS_PER_CALL = 10_000_000
+
+
+class TokenReservation(AttemptRequest):
+    """Before a model call: count up to ``tokens`` against the fleet's budgets."""
+
+    tokens: int = Field(ge=1, le=MAX_TOKENS_PER_CALL)
+
+
+class TokenSettlement(AttemptRequest):
+    """After a model call: what it really used, against what was reserved."""
+
+    reserved: int = Field(ge=0, le=MAX_TOKENS_PER_CALL)
+    used: int = Field(ge=0, le=MAX_TOKENS_PER_CALL)
+
+
+class TokenGrant(Model):
+    tokens: int
+    budgeted: bool = Field(description="False when no token budget governs the fleet.")

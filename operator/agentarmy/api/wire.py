@@ -96,6 +96,9 @@ class TokenUsage(Request):
     promptTokens: int = Field(default=0, ge=0)
     completionTokens: int = Field(default=0, ge=0)
     totalTokens: int = Field(default=0, ge=0)
+    cost: float = Field(
+        default=0.0, ge=0, description="What the tokens cost, from the Agent's model pricing."
+    )
 
 
 class Attempt(Model):
@@ -177,6 +180,34 @@ class AgentInfo(RegisterAgent):
     ready: bool = Field(description="False once the agent said it is draining.")
 
 
+PolicyRef = Annotated[str, StringConstraints(min_length=1, max_length=253)]
+"""``namespace/name`` of a Policy, or ``policyOverrides`` for an Agent's own limits."""
+
+
+class ToolAllowList(Request):
+    """A tool must match one of ``globs`` (set by ``policy``) to be called."""
+
+    policy: PolicyRef
+    globs: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(
+        max_length=256
+    )
+
+
+class ApprovalRule(Request):
+    """A call of a tool matching ``tool`` waits for a person's approval."""
+
+    tool: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    policy: PolicyRef
+
+
+class ToolRules(Model):
+    """The tool rules of the task's fleet, carried by its lease: the agent runtime judges
+    every tool call with them (see agentarmy.policy.tool_decision)."""
+
+    allowedTools: list[ToolAllowList] = Field(default_factory=list)
+    approvalTools: list[ApprovalRule] = Field(default_factory=list)
+
+
 class _LeaseFields(Model):
     taskId: TaskId
     attempt: int = Field(ge=1)
@@ -196,6 +227,7 @@ class Lease(_LeaseFields):
     parentTaskId: str | None = None
     leaseExpiresAt: float
     deadlineAt: float = Field(description="When the attempt times out (the task's timeout).")
+    tools: ToolRules | None = Field(default=None, description="Tool rules in force, if any.")
 
 
 class TaskResult(LeaseRef):
@@ -303,6 +335,20 @@ class TemplateStats(Model):
     errorRate: float
 
 
+class Halt(Model):
+    """Why the sentinel stopped dispatch to a fleet. Only a person (or clearing the cause) resumes it."""
+
+    namespace: str
+    fleet: str
+    rule: str = Field(description="The sentinel bound breached, e.g. maxErrorRate.")
+    policy: str
+    measured: float
+    bound: float
+    sample: int = Field(default=0, description="Tasks the measurement is based on.")
+    message: str
+    haltedAt: float
+
+
 class FleetStats(Model):
     namespace: str
     fleet: str
@@ -315,6 +361,7 @@ class FleetStats(Model):
     cancelled: int
     agents: list[AgentStats]
     templates: list[TemplateStats]
+    halt: Halt | None = Field(default=None, description="Set while the sentinel halts dispatch.")
 
 
 class Stats(Model):
@@ -327,6 +374,9 @@ class ErrorDetail(Model):
     code: str = Field(description="One CamelCase word: BadRequest, StaleLease, NotFound, ...")
     message: str
     field: str | None = Field(default=None, description="The request field at fault, if one is.")
+    policy: str | None = Field(default=None, description="The Policy whose rule refused it.")
+    rule: str | None = Field(default=None, description="That rule, as named in spec.rules.")
+    retryAfterSeconds: int | None = Field(default=None, description="When to try again.")
 
 
 class ErrorResponse(Model):

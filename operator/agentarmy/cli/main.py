@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from agentarmy.cli import agent, cluster, crds, operator, tasks
+from agentarmy.cli import agent, cluster, crds, governance, operator, tasks
 
 Registrar = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
 
@@ -19,6 +19,7 @@ COMMAND_GROUPS: list[Registrar] = [
     operator.register,
     agent.register,
     tasks.register,
+    governance.register,
 ]
 
 

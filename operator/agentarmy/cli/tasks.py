@@ -22,7 +22,7 @@ from agentarmy.router.client import RouterClient, RouterError, TokenSource
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    submit = _command(sub, "submit", "submit a task to a fleet", _submit)
+    submit = router_command(sub, "submit", "submit a task to a fleet", _submit)
     submit.add_argument("fleet")
     submit.add_argument("capability")
     submit.add_argument("--input", default="{}", help="JSON object, or @file.json")
@@ -36,24 +36,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     submit.add_argument("--wait", action="store_true", help="wait for the result")
     submit.add_argument("--wait-timeout", default="10m")
 
-    get = _command(sub, "get", "show one task", _get)
+    get = router_command(sub, "get", "show one task", _get)
     get.add_argument("task_id")
 
-    listing = _command(sub, "list", "list tasks", _list)
+    listing = router_command(sub, "list", "list tasks", _list)
     listing.add_argument("--fleet")
     listing.add_argument("--phase")
     listing.add_argument("--parent")
     listing.add_argument("--limit", type=int, default=50)
 
-    wait = _command(sub, "wait", "wait until a task has ended", _wait)
+    wait = router_command(sub, "wait", "wait until a task has ended", _wait)
     wait.add_argument("task_id")
     wait.add_argument("--timeout", default="10m")
 
-    cancel = _command(sub, "cancel", "cancel a task", _cancel)
+    cancel = router_command(sub, "cancel", "cancel a task", _cancel)
     cancel.add_argument("task_id")
 
 
-def _command(
+def router_command(
     sub: argparse._SubParsersAction,  # type: ignore[type-arg]
     name: str,
     help_text: str,

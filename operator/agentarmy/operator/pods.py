@@ -57,6 +57,11 @@ def _runtime_env(
         values[env.MODEL_TEMPERATURE] = str(model.temperature)
     if model.maxOutputTokens is not None:
         values[env.MODEL_MAX_OUTPUT_TOKENS] = str(model.maxOutputTokens)
+    if model.pricing is not None:
+        prices = model.pricing
+        values[env.MODEL_PRICING] = (
+            f"{prices.inputPerMillionTokens:g},{prices.outputPerMillionTokens:g}"
+        )
     result: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items() if v]
     if model.apiKeySecretRef is not None:
         ref = model.apiKeySecretRef

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from agentarmy.api import wire
+from agentarmy.api import rules, wire
 from agentarmy.router.http import HttpClient
 
 M = TypeVar("M", bound=BaseModel)
@@ -167,6 +167,42 @@ class RouterClient:
         path = f"/v1/agents/{namespace}/{name}/tasks/{parent.taskId}/subtasks"
         body = wire.SubtaskRequest(attempt=parent.attempt, task=task)
         return await self.request("POST", path, wire.SubmitResponse, body)
+
+    async def reserve_tokens(
+        self, namespace: str, name: str, lease: wire.LeaseRef | wire.Lease, tokens: int
+    ) -> rules.TokenGrant:
+        path = f"/v1/agents/{namespace}/{name}/tasks/{lease.taskId}/tokens:reserve"
+        body = rules.TokenReservation(attempt=lease.attempt, tokens=tokens)
+        return await self.request("POST", path, rules.TokenGrant, body)
+
+    async def settle_tokens(
+        self, namespace: str, name: str, lease: wire.LeaseRef | wire.Lease, reserved: int, used: int
+    ) -> rules.TokenGrant:
+        path = f"/v1/agents/{namespace}/{name}/tasks/{lease.taskId}/tokens:settle"
+        body = rules.TokenSettlement(attempt=lease.attempt, reserved=reserved, used=used)
+        return await self.request("POST", path, rules.TokenGrant, body)
+
+    # -- operator ---------------------------------------------------------------------------
+
+    async def put_rules(self, namespace: str, fleets: Sequence[rules.FleetRules]) -> None:
+        body = rules.NamespaceRules(fleets=list(fleets))
+        await self.raw("PUT", f"/v1/rules/{namespace}", body)
+
+    async def replace_rules(self, namespaces: Mapping[str, Sequence[rules.FleetRules]]) -> None:
+        body = rules.AllRules(
+            namespaces=[
+                rules.RulesInForce(namespace=ns, fleets=list(group))
+                for ns, group in sorted(namespaces.items())
+            ]
+        )
+        await self.raw("PUT", "/v1/rules", body)
+
+    async def rules_in_force(self) -> rules.AllRules:
+        return await self.request("GET", "/v1/rules", rules.AllRules)
+
+    async def resume(self, namespace: str, fleet: str, reason: str = "") -> rules.Resumed:
+        path = f"/v1/fleets/{namespace}/{fleet}/resume"
+        return await self.request("POST", path, rules.Resumed, rules.ResumeRequest(reason=reason))
 
 
 def _error(status: int, payload: bytes) -> RouterError:

@@ -77,10 +77,13 @@ class Dispatcher:
         store: TaskStore,
         clock: Callable[[], float],
         on_claimed: Callable[[AgentInfo, list[Task]], None],
+        halted: Callable[[str, str], bool] = lambda namespace, fleet: False,
     ) -> None:
         self.store = store
         self.clock = clock
         self.on_claimed = on_claimed
+        self.halted = halted
+        """A fleet the sentinel halted gets no dispatch: its agents wait, its tasks stay queued."""
         self._waiters: dict[FleetKey, list[_Waiter]] = {}
         self._wanted: dict[FleetKey, Counter[str]] = {}
         """Per fleet: capability -> slots its waiting agents ask for (what a round looks for)."""
@@ -89,7 +92,7 @@ class Dispatcher:
 
     async def claim(self, agent: AgentInfo, max_tasks: int, wait_seconds: float) -> list[Task]:
         key = (agent.namespace, agent.fleet)
-        if not self._waiters.get(key):  # nobody ahead in line: try at once
+        if not self._waiters.get(key) and not self.halted(*key):  # nobody ahead: try at once
             tasks = await self.store.claim(agent, max_tasks, self.clock())
             if tasks:
                 self.on_claimed(agent, tasks)
@@ -120,7 +123,7 @@ class Dispatcher:
     def notify(self, namespace: str, fleet: str) -> None:
         """Work may be claimable in this fleet: serve its waiters (coalesced)."""
         key = (namespace, fleet)
-        if not self._waiters.get(key):
+        if not self._waiters.get(key) or self.halted(*key):
             return
         self._dirty.add(key)
         if key not in self._serving:
@@ -136,7 +139,12 @@ class Dispatcher:
             return []
         key = next(iter(keys))
         waiters: list[_Waiter] = []
-        if len(keys) == 1 and self.store.leases_on_submit and self._waiters.get(key):
+        if (
+            len(keys) == 1
+            and self.store.leases_on_submit
+            and self._waiters.get(key)
+            and not self.halted(*key)
+        ):
             capabilities = {r.capability for r in requests}
             # Least loaded first; each can take at least one task, so no more are needed.
             waiters = await self._least_loaded(key, len(requests), capabilities)
@@ -204,6 +212,8 @@ class Dispatcher:
             del self._serving[key]
 
     async def _serve_once(self, key: FleetKey) -> None:
+        if self.halted(*key):
+            return
         # Counted over every waiter, also those with a claim in flight: at worst a round
         # looks for a little more than it can give out.
         wanted = {c: n for c, n in self._wanted.get(key, Counter()).items() if n > 0}

@@ -14,11 +14,22 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.field = field
+        self.headers: list[tuple[bytes, bytes]] = []
+        """Extra response headers, e.g. Retry-After on a 429."""
+        self.policy: str | None = None
+        self.rule: str | None = None
+        self.retry_after: int | None = None
 
     def body(self) -> ErrorResponse:
         return ErrorResponse(
             error=ErrorDetail(
-                status=self.status, code=self.code, message=self.message, field=self.field
+                status=self.status,
+                code=self.code,
+                message=self.message,
+                field=self.field,
+                policy=self.policy,
+                rule=self.rule,
+                retryAfterSeconds=self.retry_after,
             )
         )
 

@@ -62,6 +62,18 @@ class RouterMetrics:
             ["namespace", "fleet"],
             registry=self.registry,
         )
+        self.governance = Counter(
+            "agentarmy_router_governance_decisions",
+            "Runtime-rule decisions: rate-limited, over-budget, tool-refused, halted, resumed.",
+            ["namespace", "fleet", "decision"],
+            registry=self.registry,
+        )
+        self.halted = Gauge(
+            "agentarmy_router_fleet_halted",
+            "1 while the sentinel halts dispatch to the fleet.",
+            ["namespace", "fleet"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def labelled(self, metric: MetricWrapperBase, *values: str) -> Any:
@@ -96,7 +108,10 @@ class RouterMetrics:
         for (namespace, fleet, priority), count in depths.items():
             self.queue_depth.labels(namespace, fleet, str(priority)).set(count)
         self.live_agents.clear()
+        self.halted.clear()
         for fleet_stats in stats.fleets:
+            if fleet_stats.halt is not None:
+                self.halted.labels(fleet_stats.namespace, fleet_stats.fleet).set(1)
             live = sum(1 for agent in fleet_stats.agents if agent.live)
             self.live_agents.labels(fleet_stats.namespace, fleet_stats.fleet).set(live)
         return generate_latest(self.registry)

@@ -11,13 +11,14 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from agentarmy.api import wire
+from agentarmy.api import rules, wire
 from agentarmy.api.wire import AgentInfo, Task
 from agentarmy.heap import freeze_startup_objects
 from agentarmy.router import decisions, lifecycle
 from agentarmy.router.auth import Principal
 from agentarmy.router.dispatcher import Dispatcher
 from agentarmy.router.errors import ApiError, bad_request, not_found, stale_lease
+from agentarmy.router.governor import Governor
 from agentarmy.router.metrics import RouterMetrics
 from agentarmy.router.store.base import Submitted, TaskQuery, TaskStore, UnknownAgent
 
@@ -41,14 +42,17 @@ class RouterService:
         self.settings = settings or ServiceSettings()
         self.clock = clock
         self.metrics = RouterMetrics()
-        self.dispatcher = Dispatcher(store, clock, self._on_claimed)
+        self.governor = Governor(store.governance, clock, self._count_decision, self._on_resumed)
+        self.dispatcher = Dispatcher(store, clock, self._on_claimed, self.governor.halted)
         self._result_waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._reaper: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[wire.Halt | None]] = set()
         self.ready = False
         store.listener = self._on_foreign_change
 
     async def start(self) -> None:
         await self.store.open(self.clock())
+        await self.governor.start()
         freeze_startup_objects()
         self._reaper = asyncio.create_task(self._reap_forever(), name="lease-reaper")
         self.ready = True
@@ -58,6 +62,7 @@ class RouterService:
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
+        await self.governor.stop()
         await self.store.close()
 
     # -- callers ----------------------------------------------------------------------------
@@ -73,6 +78,7 @@ class RouterService:
                     f"tasks[{index}]: {error.message}" if len(requests) > 1 else error.message
                 )
                 raise
+        await self.governor.admit(requests)
         submitted = await self.dispatcher.submit(requests, self.clock())
         self._count_submitted(submitted)
         return submitted
@@ -110,6 +116,7 @@ class RouterService:
             decisions.decide("cancelled", task)
             self.metrics.attempt_ended(task)
             self._wake_result_waiters(task)
+            await self.governor.attempt_ended(task)
         return task
 
     async def wait(self, principal: Principal, task_id: str, wait_seconds: float) -> Task:
@@ -165,7 +172,12 @@ class RouterService:
         if not agent.ready:
             raise ApiError(409, "AgentDraining", f"agent {namespace}/{name} said it is draining")
         tasks = await self.dispatcher.claim(agent, request.max, request.waitSeconds)
-        return wire.ClaimResponse(tasks=[lifecycle.to_lease(t) for t in tasks], results=acks)
+        tools = self.governor.tool_rules(namespace, agent.fleet)
+        leases = [lifecycle.to_lease(t) for t in tasks]
+        if tools is not None:
+            for lease in leases:
+                lease.tools = tools
+        return wire.ClaimResponse(tasks=leases, results=acks)
 
     def _on_claimed(self, agent: AgentInfo, tasks: list[Task]) -> None:
         now = self.clock()
@@ -208,7 +220,7 @@ class RouterService:
                     "stale report from %s/%s: %s", agent.namespace, agent.name, item.ack.message
                 )
                 continue
-            self._attempt_ended(item.task)
+            await self._attempt_ended(item.task)
             requeued = requeued or item.task.phase == "Queued"
         if requeued:
             self.dispatcher.notify(agent.namespace, agent.fleet)
@@ -261,28 +273,119 @@ class RouterService:
         decisions.decide("handed-off", submitted.task, parent=parent_id)
         return submitted
 
+    async def reserve_tokens(
+        self,
+        principal: Principal,
+        namespace: str,
+        name: str,
+        task_id: str,
+        request: rules.TokenReservation,
+    ) -> rules.TokenGrant:
+        """Before a model call: count its tokens against the fleet's budgets (429 if spent)."""
+        agent = await self._leaseholder(principal, namespace, name, task_id, request.attempt)
+        reservation = await self.governor.reserve(namespace, agent.fleet, request.tokens)
+        return rules.TokenGrant(tokens=request.tokens, budgeted=bool(reservation.counters))
+
+    async def settle_tokens(
+        self,
+        principal: Principal,
+        namespace: str,
+        name: str,
+        task_id: str,
+        request: rules.TokenSettlement,
+    ) -> rules.TokenGrant:
+        agent = await self._leaseholder(principal, namespace, name, task_id, request.attempt)
+        await self.governor.settle(namespace, agent.fleet, request.reserved, request.used)
+        rules_in_force = self.governor.rules.get((namespace, agent.fleet))
+        budgeted = rules_in_force is not None and bool(rules_in_force.tokenBudgets)
+        return rules.TokenGrant(tokens=request.used, budgeted=budgeted)
+
+    async def _leaseholder(
+        self, principal: Principal, namespace: str, name: str, task_id: str, attempt: int
+    ) -> AgentInfo:
+        """The agent, if it holds the task's current lease (else 404 / 409)."""
+        agent = await self._agent(principal, namespace, name)
+        task = await self.store.get(task_id)
+        if task is None:
+            raise not_found(f"task {task_id} does not exist")
+        ref = wire.LeaseRef(taskId=task_id, attempt=attempt)
+        problem = lifecycle.fence_problem(task, ref, lifecycle.agent_id(namespace, name))
+        if problem is not None:
+            raise stale_lease(problem)
+        return agent
+
     # -- operator ---------------------------------------------------------------------------
 
     async def stats(self, principal: Principal) -> wire.Stats:
         principal.check_admin()
-        return await self.store.stats(self.clock())
+        return self._with_halts(await self.store.stats(self.clock()))
+
+    def _with_halts(self, stats: wire.Stats) -> wire.Stats:
+        for fleet in stats.fleets:
+            fleet.halt = self.governor.halts.get((fleet.namespace, fleet.fleet))
+        return stats
+
+    async def replace_rules(
+        self, principal: Principal, everything: rules.AllRules
+    ) -> rules.AllRules:
+        principal.check_admin()
+        await self.governor.replace_rules(
+            {group.namespace: group.fleets for group in everything.namespaces}, None
+        )
+        return self.rules_in_force(principal, None)
+
+    async def replace_namespace_rules(
+        self, principal: Principal, namespace: str, body: rules.NamespaceRules
+    ) -> rules.RulesInForce:
+        principal.check_admin()
+        await self.governor.replace_rules({namespace: body.fleets}, [namespace])
+        found = self.governor.rules_in(namespace).get(namespace, [])
+        return rules.RulesInForce(namespace=namespace, fleets=found)
+
+    def rules_in_force(self, principal: Principal, namespace: str | None) -> rules.AllRules:
+        principal.check_admin()
+        return rules.AllRules(
+            namespaces=[
+                rules.RulesInForce(namespace=ns, fleets=group)
+                for ns, group in self.governor.rules_in(namespace).items()
+            ]
+        )
+
+    async def resume(
+        self, principal: Principal, namespace: str, fleet: str, request: rules.ResumeRequest
+    ) -> rules.Resumed:
+        """A person resumes a halted fleet (admins, or clients of its namespace)."""
+        principal.check_caller(namespace)
+        who = f"{principal.role}:{principal.name}"
+        return await self.governor.resume(namespace, fleet, who, request.reason)
 
     async def render_metrics(self) -> bytes:
         depths = await self.store.queue_depths()
-        stats = await self.store.stats(self.clock())
+        stats = self._with_halts(await self.store.stats(self.clock()))
         return self.metrics.render(depths, stats)
+
+    def _count_decision(self, namespace: str, fleet: str, decision: str) -> None:
+        self.metrics.labelled(self.metrics.governance, namespace, fleet, decision).inc()
+
+    def _on_resumed(self, namespace: str, fleet: str) -> None:
+        self.dispatcher.notify(namespace, fleet)
 
     # -- background -------------------------------------------------------------------------
 
-    def _attempt_ended(self, task: Task) -> None:
+    async def _attempt_ended(self, task: Task) -> None:
         self.metrics.attempt_ended(task)
         decisions.attempt_ended(task)
         self._wake_result_waiters(task)
+        await self.governor.attempt_ended(task)
 
     def _on_foreign_change(self, task: Task) -> None:
         if task.phase == "Queued":
             self.dispatcher.notify(task.namespace, task.fleet)
         self._wake_result_waiters(task)
+        if self.governor.watches(task):  # another replica's result counts here too
+            future = asyncio.ensure_future(self.governor.attempt_ended(task))
+            self._background.add(future)
+            future.add_done_callback(self._background.discard)
 
     async def _reap_forever(self) -> None:
         while True:
@@ -294,7 +397,7 @@ class RouterService:
 
     async def reap(self) -> None:
         for task in await self.store.expire_due(self.clock()):
-            self._attempt_ended(task)
+            await self._attempt_ended(task)
             if task.phase == "Queued":
                 self.dispatcher.notify(task.namespace, task.fleet)
         for namespace, fleet in self.dispatcher.waiting_fleets():

@@ -28,6 +28,26 @@ class SkillFailed(Exception):
         self.retryable = retryable
 
 
+class TokenBudget(Protocol):
+    """The fleet's token budgets, as the router counts them (reserve, then settle)."""
+
+    async def reserve(self, tokens: int) -> None:
+        """Count ``tokens`` before a model call; SkillFailed when the budget cannot afford it."""
+
+    async def settle(self, reserved: int, used: int) -> None:
+        """Correct the count once the call said what it used."""
+
+
+class Unbudgeted:
+    """For contexts with no router to ask (tests of a skill alone)."""
+
+    async def reserve(self, tokens: int) -> None:
+        return None
+
+    async def settle(self, reserved: int, used: int) -> None:
+        return None
+
+
 @dataclass
 class SkillResult:
     output: dict[str, Any]
@@ -46,6 +66,9 @@ class TaskContext:
     hand_off: HandOff
     tools: Mapping[str, Skill] = field(default_factory=dict)
     """Skills this task may call as tools (the llm skill's function calls)."""
+    tool_rules: wire.ToolRules | None = None
+    """The fleet's Policy tool rules, from the lease; every tool call is judged by them."""
+    budget: TokenBudget = field(default_factory=Unbudgeted)
 
 
 class Skill(Protocol):

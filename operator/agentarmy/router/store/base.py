@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from agentarmy.api import wire
 from agentarmy.api.wire import AgentInfo, Task
 from agentarmy.router.lifecycle import RetryPolicy, agent_id
+from agentarmy.router.store.governance import GovernanceState
 
 
 class StoreError(Exception):
@@ -65,6 +66,8 @@ class TaskStore(abc.ABC):
 
     leases_on_submit = False
     """Whether ``submit_and_lease`` can lease in the write that stores the tasks."""
+    governance: GovernanceState
+    """Runtime-rule state on the same database (opened by the Governor after ``open``)."""
 
     def __init__(self, settings: StoreSettings) -> None:
         self.settings = settings

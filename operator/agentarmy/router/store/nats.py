@@ -53,6 +53,7 @@ from agentarmy.router.store.base import (
     plan_leases,
     room_for,
 )
+from agentarmy.router.store.nats_governance import NatsGovernance
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -218,6 +219,7 @@ class NatsStore(TaskStore):
         self._idem_kv: Any = None
         self._agents_kv: Any = None
         self._mirror = _Mirror()
+        self.governance = NatsGovernance(lambda: self._nc, prefix)
         self._agents: dict[tuple[str, str], tuple[int, AgentInfo]] = {}
         self._watchers: list[asyncio.Task[None]] = []
         self._last_seq = 0

@@ -47,6 +47,7 @@ from agentarmy.router.store.base import (
     plan_leases,
     room_for,
 )
+from agentarmy.router.store.sqlite_governance import SqliteGovernance
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -254,6 +255,7 @@ class SqliteStore(TaskStore):
         self._checkpointer: asyncio.Task[None] | None = None
         self._next_seq = 0
         self._leases = _RunningLeases()
+        self.governance = SqliteGovernance(self._write, self._read)
         self._agents: dict[tuple[str, str], AgentInfo] = {}
         """Registrations as committed. This process is the database's only writer (one
         replica), so the copy cannot go stale; it spares a query on every agent call."""
