@@ -52,3 +52,24 @@ WAITING_FOR_AGENTS = "WaitingForAgents"
 # -- Policy Ready reasons --------------------------------------------------------
 POLICY_ACTIVE = "Active"
 """Valid and evaluated on what it selects."""
+
+# -- Task types --------------------------------------------------------------------
+ACCEPTED = "Accepted"
+"""Task: the router holds it (True), or why it does not yet (False: FleetNotFound, ...)."""
+COMPLETE = "Complete"
+"""Task: it succeeded (`kubectl wait --for=condition=Complete`)."""
+FAILED = "Failed"
+"""Task: it ended without success (failed, dead-lettered, cancelled or lost)."""
+STALLED = "Stalled"
+"""Task: kstatus's abnormal-true condition for "will not get there by itself"."""
+
+# -- Task reasons ------------------------------------------------------------------
+SUBMITTED = "Submitted"
+FLEET_NOT_FOUND = "FleetNotFound"
+"""The Task names a Fleet that does not exist (yet); it is submitted once it does."""
+REJECTED = "Rejected"
+"""The router refused the task (its message says why); retried at a slow pace."""
+ROUTER_UNAVAILABLE = "RouterUnavailable"
+ROUTER_NOT_CONFIGURED = "RouterNotConfigured"
+TASK_LOST = "TaskLost"
+"""The router no longer knows the task it accepted (its store was reset)."""

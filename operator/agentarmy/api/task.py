@@ -56,20 +56,34 @@ class TaskSpec(Model):
     )
 
 
+RESULT_LIMIT_BYTES = 4096
+"""Largest result (as JSON) copied into status; etcd must not carry task payloads."""
+ERROR_LIMIT_CHARS = 1024
+
+
 class TaskStatus(Model):
-    """The router's view of the task, mirrored at a coarse interval."""
+    """The router's view of the task, mirrored coarsely: written when the phase, the
+    attempt or the agent changes, never per heartbeat."""
 
     phase: TaskPhase = Field(default="Pending", description="Where the task is.")
     taskId: str = Field(default="", description="Router task id.")
     attempts: int = Field(default=0, ge=0, description="Attempts started so far.")
     agent: str = Field(default="", description="Agent that ran (or runs) the last attempt.")
-    result: FreeForm | None = Field(default=None, description="Skill output when Succeeded.")
-    error: str = Field(default="", description="Why the last attempt failed.")
+    result: FreeForm | None = Field(
+        default=None,
+        description="Skill output when Succeeded, if at most 4 KiB as JSON (see resultTruncated).",
+    )
+    resultTruncated: bool = Field(
+        default=False,
+        description="The result is larger than 4 KiB and not copied here: fetch it from the "
+        "router by taskId (`armyctl get <taskId>`).",
+    )
+    error: str = Field(default="", description="Why the task failed (at most 1 KiB).")
     startTime: str = Field(default="", description="When the first attempt started (RFC 3339).")
     completionTime: str = Field(default="", description="When the task ended (RFC 3339).")
     observedGeneration: int = Field(default=0, ge=0, description="Generation last reconciled.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Accepted and Complete.",
+        description="Accepted, Complete, Failed, and Reconciling/Stalled for kstatus.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )

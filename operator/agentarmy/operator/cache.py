@@ -1,4 +1,4 @@
-"""What the reconcilers read: kopf indexes of Agents, Fleets and Pods.
+"""What the reconcilers read: kopf indexes of Agents, Fleets, Pods, Policies and Tasks.
 
 kopf starts no other handler until every index holds its initial listing, so
 a reconciler never acts on a half-filled cache after a restart (the job
@@ -172,6 +172,37 @@ class PolicyView:
         return cls(**identity, policy=policy, error=error, status=status)
 
 
+@dataclass(frozen=True)
+class TaskView:
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    generation: int
+    deleting: bool
+    fleet: str
+    task_id: str
+    """status.taskId: the router task it was submitted as ("" until then)."""
+    spec: Mapping[str, Any] = field(repr=False)
+    status: Mapping[str, Any] = field(repr=False)
+
+    @classmethod
+    def of(
+        cls, meta: Mapping[str, Any], spec: Mapping[str, Any], status: Mapping[str, Any]
+    ) -> TaskView:
+        task_id = str(status.get("taskId") or "")
+        if task_id:
+            # Submitted: the input is only needed to submit, and it may be large.
+            spec = {k: v for k, v in spec.items() if k != "input"}
+        return cls(
+            **_identity(meta),
+            fleet=str(spec.get("fleet") or ""),
+            task_id=task_id,
+            spec=spec,
+            status=status,
+        )
+
+
 def _one(store: Any) -> Any:
     for value in store or ():
         return value
@@ -187,6 +218,7 @@ class Cache:
     fleets: Any = None
     pods: Any = None
     policies: Any = None
+    tasks: Any = None
     policy_generation: int = 0
     """Bumped on every Policy event; the PolicySet is rebuilt when it moved."""
     _policy_set: tuple[int, PolicySet] | None = None
@@ -196,7 +228,14 @@ class Cache:
         return self.agents is not None
 
     def bind(
-        self, *, agents: Any, agents_by_fleet: Any, fleets: Any, pods: Any, policies: Any
+        self,
+        *,
+        agents: Any,
+        agents_by_fleet: Any,
+        fleets: Any,
+        pods: Any,
+        policies: Any,
+        tasks: Any = None,
     ) -> None:
         self.agents, self.agents_by_fleet, self.fleets, self.pods, self.policies = (
             agents,
@@ -205,6 +244,7 @@ class Cache:
             pods,
             policies,
         )
+        self.tasks = tasks
 
     def policies_changed(self) -> None:
         self.policy_generation += 1
@@ -246,8 +286,20 @@ class Cache:
         result: PodView | None = _one(self.pods.get((namespace, agent)))
         return result
 
+    def task(self, namespace: str, name: str) -> TaskView | None:
+        result: TaskView | None = _one(self.tasks.get((namespace, name))) if self.tasks else None
+        return result
+
+    def all_tasks(self) -> list[TaskView]:
+        views = (_one(store) for store in (self.tasks.values() if self.tasks else ()))
+        return [v for v in views if v is not None]
+
     def agents_of(self, namespace: str, fleet: str) -> Iterable[AgentView]:
         return list(self.agents_by_fleet.get((namespace, fleet)) or ())
+
+    def namespaces(self) -> set[str]:
+        """Namespaces holding an Agent or a Fleet."""
+        return {ns for ns, _ in self.agents} | {ns for ns, _ in self.fleets}
 
     def counts(self) -> dict[str, int]:
         return {
@@ -255,4 +307,5 @@ class Cache:
             "fleets": sum(1 for _ in self.fleets) if self.bound else 0,
             "pods": sum(1 for _ in self.pods) if self.bound else 0,
             "policies": sum(1 for _ in self.policies) if self.bound else 0,
+            "tasks": sum(1 for _ in self.tasks) if self.bound and self.tasks else 0,
         }

@@ -10,10 +10,11 @@ from typing import Any
 import kopf
 
 from agentarmy.api.common import GROUP, VERSION
-from agentarmy.operator.cache import AgentView, Cache, FleetView, PodView, PolicyView
+from agentarmy.operator.cache import AgentView, Cache, FleetView, PodView, PolicyView, TaskView
 from agentarmy.operator.labels import AGENT as AGENT_LABEL
 from agentarmy.operator.labels import FLEET as FLEET_LABEL
 from agentarmy.operator.labels import MANAGED_BY, MANAGER
+from agentarmy.operator.tasks import TaskEvents
 from agentarmy.operator.workqueue import WorkQueue
 
 POLICY_STATUS_DELAY = 2.0
@@ -30,8 +31,13 @@ def _plain(value: Any) -> dict[str, Any]:
 
 
 def build_registry(
-    cache: Cache, agents: WorkQueue, fleets: WorkQueue, policies: WorkQueue
+    cache: Cache,
+    agents: WorkQueue,
+    fleets: WorkQueue,
+    policies: WorkQueue,
+    tasks: TaskEvents | None = None,
 ) -> kopf.OperatorRegistry:
+    tasks = tasks or TaskEvents(WorkQueue("task"))
     registry = kopf.OperatorRegistry()
 
     def policies_of(namespace: str) -> None:
@@ -112,6 +118,17 @@ def build_registry(
     ) -> dict[tuple[str, str], PolicyView]:
         return {(namespace or "", name): PolicyView.of(meta, _plain(spec), _plain(status))}
 
+    @kopf.index(GROUP, VERSION, "tasks", id="task_index", registry=registry)
+    async def task_index(
+        namespace: str | None,
+        name: str,
+        meta: kopf.Meta,
+        spec: kopf.Spec,
+        status: kopf.Status,
+        **_: Any,
+    ) -> dict[tuple[str, str], TaskView]:
+        return {(namespace or "", name): TaskView.of(meta, _plain(spec), _plain(status))}
+
     def bind(kwargs: dict[str, Any]) -> None:
         if not cache.bound:
             cache.bind(
@@ -120,6 +137,7 @@ def build_registry(
                 fleets=kwargs["fleet_index"],
                 pods=kwargs["pod_index"],
                 policies=kwargs["policy_index"],
+                tasks=kwargs["task_index"],
             )
 
     # Handlers are coroutines: sync ones would run in a thread pool, slower and
@@ -140,6 +158,7 @@ def build_registry(
         bind(kwargs)
         fleets.add((namespace or "", name))
         policies_of(namespace or "")
+        tasks.fleet_changed(namespace or "", name)  # Tasks waiting for this Fleet
 
     @kopf.on.event(GROUP, VERSION, "policies", id="policy_changed", registry=registry)
     async def policy_changed(namespace: str | None, name: str, **kwargs: Any) -> None:
@@ -161,5 +180,22 @@ def build_registry(
     async def pod_changed(namespace: str | None, labels: Mapping[str, str], **kwargs: Any) -> None:
         bind(kwargs)
         agents.add((namespace or "", labels[AGENT_LABEL]))
+
+    @kopf.on.event(GROUP, VERSION, "tasks", id="task_changed", registry=registry)
+    async def task_changed(
+        namespace: str | None,
+        name: str,
+        uid: str | None,
+        status: kopf.Status,
+        type: str | None,
+        **kwargs: Any,
+    ) -> None:
+        bind(kwargs)
+        key = (namespace or "", name)
+        if type == "DELETED":
+            # The index has forgotten it; its body is the last word on what to cancel.
+            tasks.deleted(key, uid or "", str(status.get("taskId") or ""), status.get("phase", ""))
+        else:
+            tasks.changed(key)
 
     return registry

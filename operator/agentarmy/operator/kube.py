@@ -26,10 +26,12 @@ log = logging.getLogger("agentarmy.operator")
 AgentResource = create_namespaced_resource(GROUP, VERSION, "Agent", "agents")
 FleetResource = create_namespaced_resource(GROUP, VERSION, "Fleet", "fleets")
 PolicyResource = create_namespaced_resource(GROUP, VERSION, "Policy", "policies")
+TaskResource = create_namespaced_resource(GROUP, VERSION, "Task", "tasks")
 RESOURCES: dict[str, Any] = {
     "Agent": AgentResource,
     "Fleet": FleetResource,
     "Policy": PolicyResource,
+    "Task": TaskResource,
     "Pod": Pod,
     "NetworkPolicy": NetworkPolicy,
 }

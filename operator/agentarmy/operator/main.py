@@ -35,6 +35,8 @@ from agentarmy.operator.policies import PolicyReconciler
 from agentarmy.operator.policywatch import PolicyCatalog
 from agentarmy.operator.settings import OperatorConfig, kopf_settings
 from agentarmy.operator.stats import StatsSync
+from agentarmy.operator.tasks import TaskEvents, TaskReconciler
+from agentarmy.operator.taskwatch import TaskWatch
 from agentarmy.operator.webhook import WebhookConfig, start_webhook
 from agentarmy.operator.workqueue import Key, WorkQueue, run_workers
 from agentarmy.router.client import RouterClient, TokenSource
@@ -90,13 +92,22 @@ async def _report_gauges(cache: Cache, queues: dict[str, WorkQueue]) -> None:
         await asyncio.sleep(5)
 
 
-async def _sync_stats(config: OperatorConfig, cache: Cache, kube: Kube) -> None:
+def _router_client(config: OperatorConfig) -> RouterClient | None:
+    """One client (one connection pool) for router stats and Tasks; None without a token."""
     if not config.router_token_file:
-        log.info("no AGENTARMY_ROUTER_TOKEN_FILE: task counts stay out of status")
-        await asyncio.Event().wait()
+        log.info("no AGENTARMY_ROUTER_TOKEN_FILE: no task counts in status, no Tasks submitted")
+        return None
     token = TokenSource(path=Path(config.router_token_file))
-    async with RouterClient(config.router_url, token, config.router_ca_file or None) as client:
-        await StatsSync(cache, kube, client, config.stats_seconds).run()
+    return RouterClient(config.router_url, token, config.router_ca_file or None)
+
+
+async def _sync_stats(
+    config: OperatorConfig, cache: Cache, kube: Kube, client: RouterClient | None
+) -> None:
+    if client is None:
+        await asyncio.Event().wait()
+        return
+    await StatsSync(cache, kube, client, config.stats_seconds).run()
 
 
 @contextlib.asynccontextmanager
@@ -190,17 +201,36 @@ async def _lead(
     elector: LeaderElector,
     stop: asyncio.Event,
 ) -> int:
+    router = _router_client(config)
+    try:
+        return await _lead_with(config, client, cache, elector, stop, router)
+    finally:
+        if router is not None:
+            await router.close()
+
+
+async def _lead_with(
+    config: OperatorConfig,
+    client: AsyncClient,
+    cache: Cache,
+    elector: LeaderElector,
+    stop: asyncio.Event,
+    router: RouterClient | None,
+) -> int:
     agent_queue, fleet_queue = WorkQueue("agent"), WorkQueue("fleet")
-    policy_queue = WorkQueue("policy")
+    policy_queue, task_queue = WorkQueue("policy"), WorkQueue("task")
     kube = Kube(client)
     agents = AgentReconciler(cache, kube, PodContext(config.router_url, config.router_ca_file))
     fleets = FleetReconciler(cache, kube, RouterPeer(config.namespace, config.router_url))
     policies = PolicyReconciler(cache, kube)
+    watch = TaskWatch(cache, router, task_queue)
+    task_events = TaskEvents(task_queue, watch)
+    task_reconciler = TaskReconciler(cache, kube, router, watch, task_events)
     kopf_stop = asyncio.Event()
     tasks = {
         "kopf": asyncio.create_task(
             kopf.operator(
-                registry=build_registry(cache, agent_queue, fleet_queue, policy_queue),
+                registry=build_registry(cache, agent_queue, fleet_queue, policy_queue, task_events),
                 settings=kopf_settings(),
                 clusterwide=True,
                 standalone=True,
@@ -231,13 +261,28 @@ async def _lead(
                 _log_error("Policy"),
             )
         ),
+        "tasks": asyncio.create_task(
+            run_workers(
+                task_queue,
+                instrumented("Task", task_reconciler.reconcile),
+                config.task_workers,
+                _log_error("Task"),
+            )
+        ),
+        "taskwatch": asyncio.create_task(watch.run()),
         "gauges": asyncio.create_task(
             _report_gauges(
-                cache, {"Agent": agent_queue, "Fleet": fleet_queue, "Policy": policy_queue}
+                cache,
+                {
+                    "Agent": agent_queue,
+                    "Fleet": fleet_queue,
+                    "Policy": policy_queue,
+                    "Task": task_queue,
+                },
             )
         ),
         "lease": asyncio.create_task(elector.keep()),
-        "stats": asyncio.create_task(_sync_stats(config, cache, kube)),
+        "stats": asyncio.create_task(_sync_stats(config, cache, kube, router)),
         "stop": asyncio.create_task(stop.wait()),
     }
     done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
@@ -247,7 +292,7 @@ async def _lead(
             if task in done and name != "stop" and not task.cancelled() and task.exception():
                 log.error("%s stopped: %r", name, task.exception())
     # Stop acting first; only then hand the lease over.
-    for name in ("agents", "fleets", "policies", "gauges", "lease", "stats"):
+    for name in ("agents", "fleets", "policies", "tasks", "taskwatch", "gauges", "lease", "stats"):
         tasks[name].cancel()
     kopf_stop.set()
     with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):

@@ -47,6 +47,8 @@ class OperatorConfig:
     agent_workers: int = 16
     fleet_workers: int = 4
     policy_workers: int = 2
+    task_workers: int = 8
+    """Tasks reconciled at once (each may wait on one router call)."""
 
     @classmethod
     def from_env(cls) -> OperatorConfig:

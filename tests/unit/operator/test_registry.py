@@ -21,16 +21,6 @@ def watched_plurals() -> set[str]:
     return {h.selector.any_name for h in handlers if h.selector.group == GROUP}
 
 
-@pytest.mark.parametrize(
-    "plural",
-    [
-        pytest.param(
-            r.plural, marks=pytest.mark.xfail(strict=True, reason="issue 15: no Task reconciler")
-        )
-        if r.kind == "Task"
-        else r.plural
-        for r in RESOURCES
-    ],
-)
+@pytest.mark.parametrize("plural", [r.plural for r in RESOURCES])
 def test_every_kind_has_an_event_handler(plural: str) -> None:
     assert plural in watched_plurals()
