@@ -4,7 +4,7 @@ only queue keys. All decisions live in the reconcilers."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -36,6 +36,7 @@ def build_registry(
     fleets: WorkQueue,
     policies: WorkQueue,
     tasks: TaskEvents | None = None,
+    rules_changed: Callable[[str], None] = lambda namespace: None,
 ) -> kopf.OperatorRegistry:
     tasks = tasks or TaskEvents(WorkQueue("task"))
     registry = kopf.OperatorRegistry()
@@ -151,6 +152,8 @@ def build_registry(
         fleet = labels.get(FLEET_LABEL)
         if fleet:
             fleets.add((namespace or "", fleet))
+        else:
+            rules_changed(namespace or "")  # a standalone Agent is governed as its own fleet
         policies_of(namespace or "")
 
     @kopf.on.event(GROUP, VERSION, "fleets", id="fleet_changed", registry=registry)
@@ -158,6 +161,7 @@ def build_registry(
         bind(kwargs)
         fleets.add((namespace or "", name))
         policies_of(namespace or "")
+        rules_changed(namespace or "")
         tasks.fleet_changed(namespace or "", name)  # Tasks waiting for this Fleet
 
     @kopf.on.event(GROUP, VERSION, "policies", id="policy_changed", registry=registry)
@@ -171,6 +175,7 @@ def build_registry(
             return
         rules_seen[ns] = rules
         cache.policies_changed()
+        rules_changed(ns)
         for agent in cache.agents_in(ns):
             agents.add((ns, agent.name))
         for fleet in cache.fleets_in(ns):

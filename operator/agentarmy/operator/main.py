@@ -33,6 +33,7 @@ from agentarmy.operator.netpol import RouterPeer
 from agentarmy.operator.pods import PodContext
 from agentarmy.operator.policies import PolicyReconciler
 from agentarmy.operator.policywatch import PolicyCatalog
+from agentarmy.operator.rulesync import RulesSync
 from agentarmy.operator.settings import OperatorConfig, kopf_settings
 from agentarmy.operator.stats import StatsSync
 from agentarmy.operator.tasks import TaskEvents, TaskReconciler
@@ -226,11 +227,19 @@ async def _lead_with(
     watch = TaskWatch(cache, router, task_queue)
     task_events = TaskEvents(task_queue, watch)
     task_reconciler = TaskReconciler(cache, kube, router, watch, task_events)
+    rules = RulesSync(cache, router, config.rules_sync_seconds) if router else None
     kopf_stop = asyncio.Event()
     tasks = {
         "kopf": asyncio.create_task(
             kopf.operator(
-                registry=build_registry(cache, agent_queue, fleet_queue, policy_queue, task_events),
+                registry=build_registry(
+                    cache,
+                    agent_queue,
+                    fleet_queue,
+                    policy_queue,
+                    task_events,
+                    rules.mark if rules else lambda namespace: None,
+                ),
                 settings=kopf_settings(),
                 clusterwide=True,
                 standalone=True,
@@ -283,6 +292,7 @@ async def _lead_with(
         ),
         "lease": asyncio.create_task(elector.keep()),
         "stats": asyncio.create_task(_sync_stats(config, cache, kube, router)),
+        "rules": asyncio.create_task(rules.run() if rules else asyncio.Event().wait()),
         "stop": asyncio.create_task(stop.wait()),
     }
     done, _ = await asyncio.wait(tasks.values(), return_when=asyncio.FIRST_COMPLETED)
@@ -292,7 +302,17 @@ async def _lead_with(
             if task in done and name != "stop" and not task.cancelled() and task.exception():
                 log.error("%s stopped: %r", name, task.exception())
     # Stop acting first; only then hand the lease over.
-    for name in ("agents", "fleets", "policies", "tasks", "taskwatch", "gauges", "lease", "stats"):
+    for name in (
+        "agents",
+        "fleets",
+        "policies",
+        "tasks",
+        "taskwatch",
+        "gauges",
+        "lease",
+        "stats",
+        "rules",
+    ):
         tasks[name].cancel()
     kopf_stop.set()
     with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):

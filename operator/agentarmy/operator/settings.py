@@ -36,6 +36,8 @@ class OperatorConfig:
     router_token_file: str = ""
     """Bearer token for the router's stats (in a pod: a projected ServiceAccount token)."""
     stats_seconds: float = 60.0
+    rules_sync_seconds: float = 60.0
+    """How often every fleet's runtime rules are pushed to the router in full (changes go at once)."""
     """How often router figures are copied into Agent and Fleet status."""
     webhook_cert_file: str = ""
     """TLS certificate of the validating webhook; empty: this replica serves no admission."""
@@ -59,6 +61,9 @@ class OperatorConfig:
             router_ca_file=env.get("AGENTARMY_ROUTER_CA_FILE", ""),
             router_token_file=env.get("AGENTARMY_ROUTER_TOKEN_FILE", ""),
             stats_seconds=float(env.get("AGENTARMY_STATS_SECONDS", defaults.stats_seconds)),
+            rules_sync_seconds=float(
+                env.get("AGENTARMY_RULES_SYNC_SECONDS", defaults.rules_sync_seconds)
+            ),
             namespace=env.get("AGENTARMY_OPERATOR_NAMESPACE", defaults.namespace),
             lease_name=env.get("AGENTARMY_LEASE_NAME", defaults.lease_name),
             lease_seconds=float(env.get("AGENTARMY_LEASE_SECONDS", defaults.lease_seconds)),
