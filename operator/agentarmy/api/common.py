@@ -136,6 +136,15 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def transitioned(before: list[Condition], after: list[Condition], type_: str) -> Condition | None:
+    """``after``'s condition of ``type_`` if its status moved (or it appeared True)."""
+    old = next((c for c in before if c.type == type_), None)
+    new = next((c for c in after if c.type == type_), None)
+    if new is None or (old is None and new.status != "True"):
+        return None
+    return new if old is None or old.status != new.status else None
+
+
 def set_condition(
     conditions: list[Condition],
     type_: str,

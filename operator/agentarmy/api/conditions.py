@@ -15,6 +15,8 @@ AVAILABLE = "Available"
 """Fleet: at least replicas - maxUnavailable Agents are available."""
 RECONCILING = "Reconciling"
 """Fleet: not yet at the desired state (kstatus's abnormal-true condition)."""
+HALTED = "Halted"
+"""Fleet: the router's sentinel stopped dispatch (a bound breached); a person resumes it."""
 POLICY_COMPLIANT = "PolicyCompliant"
 """Agent, Fleet: no rule of a selecting Policy is broken."""
 
@@ -48,6 +50,14 @@ ROLLING_UPDATE = "RollingUpdate"
 SCALING_UP = "ScalingUp"
 SCALING_DOWN = "ScalingDown"
 WAITING_FOR_AGENTS = "WaitingForAgents"
+HALTED_BY_RULE = {
+    "maxErrorRate": "ErrorRateAboveBound",
+    "maxTokensPerHour": "TokensPerHourAboveBound",
+    "maxCostPerHour": "CostPerHourAboveBound",
+}
+"""Halted=True reasons: which sentinel bound the fleet breached."""
+RESUMED = "Resumed"
+"""Halted=False after a halt: resumed by a person or a Policy change."""
 
 # -- Policy Ready reasons --------------------------------------------------------
 POLICY_ACTIVE = "Active"

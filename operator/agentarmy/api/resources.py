@@ -119,6 +119,7 @@ FLEET = Resource(
         PrinterColumn("Up-to-date", ".status.updatedReplicas", "integer", "Agents on the template"),
         PrinterColumn("Available", _condition("Available")),
         PrinterColumn("Phase", ".status.phase"),
+        PrinterColumn("Halted", _condition("Halted")),
         PrinterColumn("Queue", ".status.queueDepth", "integer", "Queued tasks", 1),
         PrinterColumn("Strategy", ".spec.strategy.type", priority=1),
         AGE,

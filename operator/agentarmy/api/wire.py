@@ -349,6 +349,10 @@ class Halt(Model):
     haltedAt: float
 
 
+class HaltList(Model):
+    halts: list[Halt]
+
+
 class FleetStats(Model):
     namespace: str
     fleet: str

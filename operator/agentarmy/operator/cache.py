@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agentarmy.api.common import describe_error
+from agentarmy.api.wire import Halt
 from agentarmy.operator import labels
 from agentarmy.policy import NamedPolicy, PolicySet
 
@@ -219,6 +220,8 @@ class Cache:
     pods: Any = None
     policies: Any = None
     tasks: Any = None
+    halts: dict[tuple[str, str], Halt] = field(default_factory=dict)
+    """(namespace, fleet) -> the router's halt, as last read from the router (RulesSync)."""
     policy_generation: int = 0
     """Bumped on every Policy event; the PolicySet is rebuilt when it moved."""
     _policy_set: tuple[int, PolicySet] | None = None

@@ -17,7 +17,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from agentarmy.api import conditions as c
-from agentarmy.api.common import API_VERSION, LabelSelector, describe_error, set_condition
+from agentarmy.api.common import (
+    API_VERSION,
+    LabelSelector,
+    describe_error,
+    set_condition,
+    transitioned,
+)
 from agentarmy.api.fleet import FleetSpec, FleetStatus
 from agentarmy.operator import compliance, labels, rollout
 from agentarmy.operator.cache import Cache, FleetView
@@ -134,6 +140,7 @@ class FleetReconciler:
             selector_string(name, spec),
             [m for m in members if m.name not in decision.delete],
             policy=policy,
+            halt=self.cache.halts.get(key),
         )
         requeue = await self._write_status(key, fleet, status, policy)
         if spec.minReadySeconds and any(m.ready and not m.available for m in members):
@@ -223,10 +230,19 @@ class FleetReconciler:
             "Fleet", fleet.namespace, fleet.name, new, fleet.resource_version
         )
         self._last_status_write[key] = time.monotonic()
+        who = involved("Fleet", fleet.namespace, fleet.name, fleet.uid)
         condition = compliance.changed(current.conditions, status.conditions)
         if condition is not None:
-            who = involved("Fleet", fleet.namespace, fleet.name, fleet.uid)
             await announce(self.kube, who, condition, policy)
+        halted = transitioned(current.conditions, status.conditions, c.HALTED)
+        if halted is not None:
+            warning = halted.status == "True"
+            await self.kube.event(
+                who,
+                "Warning" if warning else "Normal",
+                c.HALTED if warning else c.RESUMED,
+                halted.message if warning else "the sentinel no longer halts dispatch",
+            )
         return None
 
     async def _invalid(self, fleet: FleetView, err: ValidationError) -> None:

@@ -227,7 +227,16 @@ async def _lead_with(
     watch = TaskWatch(cache, router, task_queue)
     task_events = TaskEvents(task_queue, watch)
     task_reconciler = TaskReconciler(cache, kube, router, watch, task_events)
-    rules = RulesSync(cache, router, config.rules_sync_seconds) if router else None
+    rules = (
+        RulesSync(
+            cache,
+            router,
+            config.rules_sync_seconds,
+            fleet_queue.add_all,
+        )
+        if router
+        else None
+    )
     kopf_stop = asyncio.Event()
     tasks = {
         "kopf": asyncio.create_task(

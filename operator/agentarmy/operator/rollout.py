@@ -14,6 +14,7 @@ from datetime import datetime
 from agentarmy.api import conditions as c
 from agentarmy.api.common import Condition, parse_int_or_percent, set_condition
 from agentarmy.api.fleet import FleetSpec, FleetStatus
+from agentarmy.api.wire import Halt
 from agentarmy.operator.compliance import Compliance
 
 
@@ -129,6 +130,21 @@ def is_available(ready_since: str, min_ready_seconds: int, now: datetime) -> boo
     return (now - since).total_seconds() >= min_ready_seconds
 
 
+def halted_condition(
+    conditions: list[Condition], halt: Halt | None, generation: int
+) -> list[Condition]:
+    """Halted=True while the router's sentinel halts the fleet; Halted=False (Resumed) once
+    it no longer does. A fleet never halted carries no Halted condition."""
+    if halt is not None:
+        reason = c.HALTED_BY_RULE.get(halt.rule, "SentinelBoundBreached")
+        return set_condition(conditions, c.HALTED, "True", reason, halt.message, generation)
+    if any(existing.type == c.HALTED for existing in conditions):
+        return set_condition(
+            conditions, c.HALTED, "False", c.RESUMED, "dispatch runs; no bound breached", generation
+        )
+    return conditions
+
+
 def fleet_status(
     spec: FleetSpec,
     current: FleetStatus,
@@ -136,8 +152,8 @@ def fleet_status(
     template_hash: str,
     selector: str,
     members: Sequence[Member],
-    halted_reason: str = "",
     policy: Compliance | None = None,
+    halt: Halt | None = None,
 ) -> FleetStatus:
     replicas = spec.replicas
     ready = sum(m.ready for m in members)
@@ -205,7 +221,8 @@ def fleet_status(
                 conditions, c.PROGRESSING, "False", c.BLOCKED_BY_POLICY, why, generation
             )
         conditions = policy.condition(conditions, generation)
-    if halted_reason:
+    conditions = halted_condition(conditions, halt, generation)
+    if halt is not None:
         phase = "Halted"
     elif complete:
         phase = c.AVAILABLE

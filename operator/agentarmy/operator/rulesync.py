@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 
 from pydantic import ValidationError
 
@@ -29,6 +30,9 @@ from agentarmy.router.client import RouterClient
 log = logging.getLogger("agentarmy.operator.rules")
 
 DEBOUNCE_SECONDS = 0.3
+HALT_POLL_SECONDS = 1.0
+"""How often the router's halts are read (a small in-memory answer), so a Fleet shows
+Halted within about a second of the router stopping its dispatch."""
 
 
 def namespace_rules(cache: Cache, namespace: str) -> list[FleetRules]:
@@ -69,8 +73,15 @@ def _digest(rules: list[FleetRules]) -> str:
 
 
 class RulesSync:
-    def __init__(self, cache: Cache, client: RouterClient, full_sync_seconds: float) -> None:
+    def __init__(
+        self,
+        cache: Cache,
+        client: RouterClient,
+        full_sync_seconds: float,
+        halts_changed: Callable[[set[tuple[str, str]]], None] = lambda keys: None,
+    ) -> None:
         self.cache = cache
+        self.halts_changed = halts_changed
         self.client = client
         self.full_sync_seconds = full_sync_seconds
         self._dirty: set[str] = set()
@@ -84,6 +95,26 @@ class RulesSync:
         self._wake.set()
 
     async def run(self) -> None:
+        await asyncio.gather(self._push_forever(), self._watch_halts())
+
+    async def _watch_halts(self) -> None:
+        while True:
+            try:
+                await self.read_halts()
+            except Exception as err:  # the router may be down; Halted stays as last read
+                log.debug("could not read halts from the router: %s", err)
+            await asyncio.sleep(HALT_POLL_SECONDS)
+
+    async def read_halts(self) -> None:
+        """Copy the router's halts into the cache; queue the Fleets whose halt changed."""
+        halts = {(h.namespace, h.fleet): h for h in (await self.client.halts()).halts}
+        before = self.cache.halts
+        changed = {k for k in before.keys() | halts.keys() if before.get(k) != halts.get(k)}
+        self.cache.halts = halts
+        if changed:
+            self.halts_changed(changed)
+
+    async def _push_forever(self) -> None:
         next_full = 0.0
         while True:
             if time.monotonic() >= next_full:

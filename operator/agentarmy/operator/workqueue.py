@@ -5,7 +5,7 @@ while being processed. Retries back off exponentially per key."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 Key = tuple[str, str]
@@ -30,6 +30,10 @@ class WorkQueue:
         self._dirty.add(key)
         if key not in self._processing:
             self._queue.put_nowait(key)
+
+    def add_all(self, keys: Iterable[Key]) -> None:
+        for key in keys:
+            self.add(key)
 
     def add_after(self, key: Key, delay: float) -> None:
         """Queue ``key`` after ``delay`` seconds; an earlier pending timer wins."""

@@ -197,6 +197,9 @@ class RouterClient:
         )
         await self.raw("PUT", "/v1/rules", body)
 
+    async def halts(self) -> wire.HaltList:
+        return await self.request("GET", "/v1/halts", wire.HaltList)
+
     async def rules_in_force(self) -> rules.AllRules:
         return await self.request("GET", "/v1/rules", rules.AllRules)
 
