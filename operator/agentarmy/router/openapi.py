@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from agentarmy.api import wire
-from agentarmy.api.common import DNS_LABEL_PATTERN
-
-if TYPE_CHECKING:
-    from agentarmy.router.app import Endpoint
+from agentarmy.router.endpoints import PATH_PARAMS, Endpoint
 
 REF = "#/components/schemas/{model}"
 ERRORS = {
@@ -24,20 +20,9 @@ ERRORS = {
     "404": "No such task, agent or route",
     "409": "Stale fencing token, or the agent is draining",
     "413": "Request body too large",
+    "429": "A runtime rule refused it (rate limit, token budget); see Retry-After",
     "503": "The router or its store cannot answer now; retry",
 }
-PATH_PARAMS: dict[str, dict[str, Any]] = {
-    "namespace": {"type": "string", "pattern": DNS_LABEL_PATTERN, "maxLength": 63},
-    "name": {"type": "string", "pattern": DNS_LABEL_PATTERN, "maxLength": 63},
-    "task_id": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", "maxLength": 64},
-}
-
-
-@dataclass(frozen=True)
-class QueryParam:
-    name: str
-    schema: dict[str, Any] = field(default_factory=dict)
-    description: str = ""
 
 
 def build(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
@@ -86,7 +71,7 @@ def _operation(endpoint: Endpoint, refs: dict[tuple[Any, Any], Any]) -> dict[str
         "responses": responses,
     }
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": PATH_PARAMS[name]}
+        {"name": name, "in": "path", "required": True, "schema": PATH_PARAMS[name].schema()}
         for name in re.findall(r"{(\w+)}", endpoint.path)
     ]
     parameters += [

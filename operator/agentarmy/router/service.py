@@ -351,6 +351,10 @@ class RouterService:
             ]
         )
 
+    def halts(self, principal: Principal) -> wire.HaltList:
+        principal.check_admin()
+        return wire.HaltList(halts=sorted(self.governor.halts.values(), key=lambda h: h.haltedAt))
+
     async def resume(
         self, principal: Principal, namespace: str, fleet: str, request: rules.ResumeRequest
     ) -> rules.Resumed:
