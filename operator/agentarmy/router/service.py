@@ -115,8 +115,8 @@ class RouterService:
         if changed:
             decisions.decide("cancelled", task)
             self.metrics.attempt_ended(task)
-            self._wake_result_waiters(task)
             await self.governor.attempt_ended(task)
+            self._wake_result_waiters(task)
         return task
 
     async def wait(self, principal: Principal, task_id: str, wait_seconds: float) -> Task:
@@ -379,8 +379,9 @@ class RouterService:
     async def _attempt_ended(self, task: Task) -> None:
         self.metrics.attempt_ended(task)
         decisions.attempt_ended(task)
-        self._wake_result_waiters(task)
+        # The sentinel first: whoever learns of this result also sees the halt it caused.
         await self.governor.attempt_ended(task)
+        self._wake_result_waiters(task)
 
     def _on_foreign_change(self, task: Task) -> None:
         if task.phase == "Queued":
