@@ -1,7 +1,8 @@
 """A local OpenAI-compatible chat-completions server for tests: real HTTP on loopback.
 
-Each reply reports a fixed usage. A prompt naming a tool (``call:<tool>``) makes the
-first turn ask for that tool; the next turn answers with what the tool returned.
+Each reply reports a fixed usage. A prompt naming a tool (``call:<tool> [JSON arguments]``)
+makes the first turn ask for that tool; the next turn answers with what the tool returned.
+``POST /side-effect`` counts its calls: a tool with an effect you can count (the http skill).
 """
 
 from __future__ import annotations
@@ -18,9 +19,15 @@ from aiohttp import web
 @dataclass
 class FakeModel:
     url: str = ""
+    side_effect_url: str = ""
     prompt_tokens: int = 100
     completion_tokens: int = 50
     calls: list[dict[str, Any]] = field(default_factory=list)
+    side_effects: int = 0
+
+    async def side_effect(self, request: web.Request) -> web.Response:
+        self.side_effects += 1
+        return web.json_response({"done": self.side_effects})
 
     async def chat(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -34,11 +41,11 @@ class FakeModel:
         prompt = next((m["content"] for m in messages if m.get("role") == "user"), "")
         answered = [m for m in messages if m.get("role") == "tool"]
         if prompt.startswith("call:") and not answered:
-            tool = prompt.split(":", 1)[1].strip()
+            tool, _, raw = prompt.split(":", 1)[1].strip().partition(" ")
             call = {
                 "id": "call-1",
                 "type": "function",
-                "function": {"name": tool, "arguments": json.dumps({"text": "hi"})},
+                "function": {"name": tool, "arguments": raw or json.dumps({"text": "hi"})},
             }
             message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [call]}
             reason = "tool_calls"
@@ -55,12 +62,14 @@ async def fake_model() -> AsyncIterator[FakeModel]:
     model = FakeModel()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", model.chat)
+    app.router.add_post("/side-effect", model.side_effect)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     model.url = f"http://127.0.0.1:{port}/v1"
+    model.side_effect_url = f"http://127.0.0.1:{port}/side-effect"
     try:
         yield model
     finally:

@@ -16,9 +16,18 @@ import signal
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from agentarmy.agent.settings import AgentSettings
-from agentarmy.agent.skills import Skill, SkillFailed, TaskContext, load_skills, tool_skills
+from agentarmy.agent.skills import (
+    ApprovalAsk,
+    Parked,
+    Skill,
+    SkillFailed,
+    TaskContext,
+    load_skills,
+    tool_skills,
+)
 from agentarmy.api import wire
 from agentarmy.heap import freeze_startup_objects
 from agentarmy.router.client import TRANSIENT, RouterClient, RouterError, TokenSource
@@ -212,7 +221,8 @@ class AgentRuntime:
                 time.monotonic() - started,
             )
 
-    async def _run_skill(self, lease: wire.Lease) -> wire.TaskResult:
+    async def _run_skill(self, lease: wire.Lease) -> wire.TaskResult | None:
+        """The attempt's result; None when the task was parked (the router holds it)."""
         def failed(error: str, retryable: bool = True) -> wire.TaskResult:
             return wire.TaskResult(
                 taskId=lease.taskId,
@@ -235,6 +245,9 @@ class AgentRuntime:
             tools=self.tools,
             tool_rules=lease.tools,
             budget=_LeaseBudget(self.client, self.settings, lease),
+            checkpoints=_LeaseCheckpoints(self.client, self.settings, lease),
+            approval=lease.approval,
+            checkpoint=lease.checkpoint,
         )
         timeout = max(0.001, lease.deadlineAt - time.time())
         try:
@@ -242,6 +255,9 @@ class AgentRuntime:
                 outcome = await skill.run(context)
         except TimeoutError:
             return failed(f"skill {skill.name} timed out after {timeout:.1f}s")
+        except Parked:
+            log.info("task %s waits for a person's approval; lease given back", lease.taskId)
+            return None
         except SkillFailed as error:
             return failed(str(error) or "skill failed", error.retryable)
         except Exception as error:  # a skill bug fails the attempt, not the agent
@@ -410,3 +426,38 @@ class _LeaseBudget:
             )
         except RouterError as error:  # the count stays at the reservation: errs high, not low
             log.warning("could not settle a token reservation: %s", error.message)
+
+
+class _LeaseCheckpoints:
+    """The skill's state with the router, fenced by this lease."""
+
+    def __init__(self, client: RouterClient, settings: AgentSettings, lease: wire.Lease) -> None:
+        self.client, self.settings, self.lease = client, settings, lease
+
+    async def save(self, checkpoint: dict[str, Any]) -> None:
+        try:
+            await self.client.save_checkpoint(
+                self.settings.namespace, self.settings.name, self.lease, checkpoint
+            )
+        except RouterError as error:
+            raise SkillFailed(f"could not store the task's state: {error.message}") from error
+
+    async def park(self, request: ApprovalAsk) -> NoReturn:
+        ask = wire.ApprovalRequest(
+            attempt=self.lease.attempt,
+            tool=request.tool,
+            arguments=request.arguments,
+            toolCallId=request.tool_call_id,
+            reason=request.reason,
+            checkpoint=request.checkpoint,
+        )
+        try:
+            await self.client.request_approval(
+                self.settings.namespace, self.settings.name, self.lease, ask
+            )
+        except RouterError as error:
+            raise SkillFailed(
+                f"could not ask for approval of {request.tool}: {error.message}",
+                retryable=error.status >= 500 or error.status == 409,
+            ) from error
+        raise Parked(request.tool)

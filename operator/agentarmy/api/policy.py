@@ -50,6 +50,19 @@ class TokenBudget(Model):
     window: Duration = Field(default="1h", description="Length of the window.")
 
 
+class ApprovalSettings(Model):
+    """How a call of an approvalRequiredTools tool is decided when no person does."""
+
+    timeout: Duration = Field(default="1h", description="How long a call waits for a person.")
+    onTimeout: Literal["reject"] = Field(
+        default="reject", description="What a timeout means (only reject: nothing runs unseen)."
+    )
+    onRejection: Literal["continue", "fail"] = Field(
+        default="continue",
+        description="continue: the model is told and goes on; fail: the task fails.",
+    )
+
+
 class SentinelBounds(Model):
     """Runtime bounds; a fleet that breaches one is halted (no dispatch) until fixed."""
 
@@ -118,6 +131,9 @@ class PolicyRules(Model):
         default_factory=list,
         description="Tools that need a human approval for each call.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    approvals: ApprovalSettings | None = Field(
+        default=None, description="Timeout and outcome of approvals (default: 1h, reject, continue)."
     )
     sentinel: SentinelBounds | None = Field(default=None, description="Bounds that halt a fleet.")
     egress: EgressRule | None = Field(default=None, description="Egress allow-list for agent pods.")

@@ -17,6 +17,7 @@ from agentarmy.api.wire import (
     ApprovalRule,
     AttemptRequest,
     Halt,
+    OnRejection,
     PolicyRef,
     Request,
     ToolAllowList,
@@ -56,6 +57,8 @@ class FleetRules(Request):
     tokenBudgets: list[BudgetRule] = Field(default_factory=list, max_length=100)
     allowedTools: list[ToolAllowList] = Field(default_factory=list, max_length=100)
     approvalTools: list[ApprovalRule] = Field(default_factory=list, max_length=256)
+    approvalTimeoutSeconds: RuleLimit | None = None
+    onRejection: OnRejection = "continue"
     sentinel: SentinelRule = Field(default_factory=SentinelRule)
 
 

@@ -18,7 +18,14 @@ MAX_PRIORITY = 100
 DEFAULT_PRIORITY = 50
 
 TaskPhase = Literal[
-    "Pending", "Queued", "Running", "Succeeded", "Failed", "DeadLettered", "Cancelled"
+    "Pending",
+    "Queued",
+    "Running",
+    "AwaitingApproval",
+    "Succeeded",
+    "Failed",
+    "DeadLettered",
+    "Cancelled",
 ]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed", "DeadLettered", "Cancelled"})
 

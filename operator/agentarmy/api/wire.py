@@ -113,6 +113,34 @@ class Attempt(Model):
     reason: str = Field(default="", description="Why it failed, expired or was released.")
 
 
+ApprovalDecision = Literal["Approved", "Rejected", "TimedOut"]
+OnRejection = Literal["continue", "fail"]
+CHECKPOINT_NOTE = "The skill's own state (e.g. the conversation so far), stored with the task."
+
+
+class Approval(Model):
+    """A tool call that waits for a person, and (once made) the decision."""
+
+    id: str = Field(description="Names this request; a decision applies to it only.")
+    tool: str
+    arguments: FreeForm = Field(default_factory=dict)
+    toolCallId: str = Field(default="", description="The model's id of the call.")
+    agent: str = Field(description="namespace/name of the agent that asked.")
+    attempt: int = Field(ge=1, description="The attempt that asked.")
+    policies: list[str] = Field(description="The Policies whose approvalRequiredTools match.")
+    reason: str = Field(default="", description="Why the agent wants to call it.")
+    requestedAt: float
+    deadlineAt: float = Field(description="When it times out (then rejected).")
+    onRejection: OnRejection = Field(
+        default="continue",
+        description="continue: the model is told and goes on; fail: the task fails.",
+    )
+    decision: ApprovalDecision | None = None
+    decidedBy: str = Field(default="", description="The principal who decided (or 'timeout').")
+    decidedAt: float | None = None
+    decisionReason: str = ""
+
+
 class Task(Model):
     """A task as the router stores and reports it."""
 
@@ -142,6 +170,8 @@ class Task(Model):
     error: str = Field(default="", description="Why the task failed or was dead-lettered.")
     usage: TokenUsage | None = None
     finishedAt: float | None = None
+    approval: Approval | None = Field(default=None, description="The last approval asked for.")
+    checkpoint: FreeForm | None = Field(default=None, description=CHECKPOINT_NOTE)
 
 
 class SubmitResponse(Model):
@@ -228,6 +258,10 @@ class Lease(_LeaseFields):
     leaseExpiresAt: float
     deadlineAt: float = Field(description="When the attempt times out (the task's timeout).")
     tools: ToolRules | None = Field(default=None, description="Tool rules in force, if any.")
+    approval: Approval | None = Field(
+        default=None, description="The approval this task waited for, decided (on a resume)."
+    )
+    checkpoint: FreeForm | None = Field(default=None, description=CHECKPOINT_NOTE)
 
 
 class TaskResult(LeaseRef):
@@ -353,6 +387,47 @@ class HaltList(Model):
     halts: list[Halt]
 
 
+class ApprovalRequest(AttemptRequest):
+    """From the agent holding the lease: park the task until a person decides on this call."""
+
+    tool: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    arguments: FreeForm = Field(default_factory=dict)
+    toolCallId: Annotated[str, StringConstraints(max_length=256)] = ""
+    reason: Annotated[str, StringConstraints(max_length=1024)] = ""
+    checkpoint: FreeForm = Field(default_factory=dict, description=CHECKPOINT_NOTE)
+
+    @field_validator("arguments", "checkpoint")
+    @classmethod
+    def _bounded(cls, value: FreeForm, info: ValidationInfo) -> FreeForm | None:
+        return _check_json_size(value, info.field_name or "value")
+
+
+class CheckpointRequest(AttemptRequest):
+    checkpoint: FreeForm = Field(description=CHECKPOINT_NOTE)
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _bounded(cls, value: FreeForm) -> FreeForm | None:
+        return _check_json_size(value, "checkpoint")
+
+
+class DecisionRequest(Request):
+    reason: Annotated[str, StringConstraints(max_length=1024)] = ""
+
+
+class PendingApproval(Model):
+    taskId: str
+    namespace: str
+    fleet: str
+    capability: str
+    traceId: str
+    approval: Approval
+
+
+class ApprovalList(Model):
+    approvals: list[PendingApproval]
+
+
 class FleetStats(Model):
     namespace: str
     fleet: str
@@ -363,6 +438,7 @@ class FleetStats(Model):
     failed: int
     deadLettered: int
     cancelled: int
+    awaitingApproval: int = Field(default=0, description="Tasks parked until a person decides.")
     agents: list[AgentStats]
     templates: list[TemplateStats]
     halt: Halt | None = Field(default=None, description="Set while the sentinel halts dispatch.")

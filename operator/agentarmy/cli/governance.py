@@ -1,9 +1,13 @@
-"""armyctl resume | rules: the router's runtime governance, for the people who run it."""
+"""armyctl approvals | approve | reject | resume | rules: the router's runtime governance,
+for the people who run it. Decisions are recorded with the token's principal."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
 
+from agentarmy.api import wire
 from agentarmy.api.rules import FleetRules
 from agentarmy.cli.tasks import router_command
 from agentarmy.router.client import RouterClient
@@ -17,6 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     resume.add_argument("--reason", default="", help="why, for the record")
 
     router_command(sub, "rules", "show the runtime rules the router enforces", _rules)
+
+    listing = router_command(sub, "approvals", "list tool calls waiting for a person", _approvals)
+    listing.add_argument("-A", "--all-namespaces", action="store_true")
+    approve = router_command(sub, "approve", "approve the call a task waits on", _approve)
+    approve.add_argument("task_id")
+    approve.add_argument("--reason", default="", help="why, for the record")
+    reject = router_command(sub, "reject", "reject the call a task waits on", _reject)
+    reject.add_argument("task_id")
+    reject.add_argument("--reason", required=True, help="why (the model is told)")
 
 
 def _fleet_name(target: str) -> str:
@@ -67,3 +80,51 @@ def _summary(rules: FleetRules) -> tuple[str, str, str, str, str]:
         if getattr(bounds, name) is not None
     )
     return rate, budgets, tools, approvals, sentinel or "-"
+
+
+async def _approvals(client: RouterClient, args: argparse.Namespace) -> int:
+    found = await client.approvals(None if args.all_namespaces else args.namespace)
+    if args.output == "json":
+        print(found.model_dump_json(indent=2))
+        return 0
+    now = time.time()
+    rows = [("TASK", "FLEET", "TOOL", "AGENT", "POLICIES", "WAITING", "DEADLINE", "ARGUMENTS")]
+    for item in found.approvals:
+        approval = item.approval
+        rows.append(
+            (
+                item.taskId,
+                f"{item.namespace}/{item.fleet}",
+                approval.tool,
+                approval.agent,
+                ",".join(approval.policies),
+                f"{now - approval.requestedAt:.0f}s",
+                f"in {approval.deadlineAt - now:.0f}s",
+                json.dumps(approval.arguments)[:60],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return 0
+
+
+async def _approve(client: RouterClient, args: argparse.Namespace) -> int:
+    return _decided(args, await client.decide(args.task_id, True, args.reason))
+
+
+async def _reject(client: RouterClient, args: argparse.Namespace) -> int:
+    return _decided(args, await client.decide(args.task_id, False, args.reason))
+
+
+def _decided(args: argparse.Namespace, task: wire.Task) -> int:
+    if args.output == "json":
+        print(task.model_dump_json(indent=2))
+        return 0
+    approval = task.approval
+    assert approval is not None and approval.decision is not None
+    print(
+        f"{approval.decision.lower()}: call of {approval.tool} by task {task.id} "
+        f"(decided by {approval.decidedBy}); the task is {task.phase}"
+    )
+    return 0

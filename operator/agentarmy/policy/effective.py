@@ -68,6 +68,9 @@ class RuntimeRules:
     """(policy, globs): a tool must match one glob of every entry."""
     approval_tools: tuple[tuple[str, str], ...] = ()
     """(tool glob, policy) pairs; a matching call waits for a human."""
+    approval_timeout: Limit | None = None
+    fail_on_rejection: str | None = None
+    """The Policy that makes a rejected call fail the task (else the model goes on)."""
     max_error_rate: Limit | None = None
     min_tasks: Limit | None = None
     window_seconds: Limit | None = None
@@ -96,6 +99,8 @@ class RuntimeRules:
             ],
             allowedTools=[ToolAllowList(policy=p, globs=list(g)) for p, g in self.allowed_tools],
             approvalTools=[ApprovalRule(tool=t, policy=p) for t, p in self.approval_tools],
+            approvalTimeoutSeconds=limit(self.approval_timeout),
+            onRejection="fail" if self.fail_on_rejection else "continue",
             sentinel=SentinelRule(
                 maxErrorRate=limit(self.max_error_rate),
                 minTasks=limit(self.min_tasks),
@@ -189,6 +194,8 @@ def combine(
     """Fold ``policies`` (all of one mode) and an Agent's overrides into one RuntimeRules."""
     refs: list[str] = []
     max_replicas = tasks = burst = error_rate = min_tasks = window = tokens_hour = cost = None
+    approval_timeout: Limit | None = None
+    fail_on_rejection: str | None = None
     budgets: list[TokenBudget] = []
     tools: list[tuple[str, tuple[str, ...]]] = []
     approvals: set[tuple[str, str]] = set()
@@ -207,6 +214,11 @@ def combine(
         if rules.allowedTools:
             tools.append((ref, tuple(sorted(rules.allowedTools))))
         approvals.update((tool, ref) for tool in rules.approvalRequiredTools)
+        if rules.approvals is not None:
+            seconds = parse_duration(rules.approvals.timeout)
+            approval_timeout = _lowest(approval_timeout, seconds, ref)
+            if rules.approvals.onRejection == "fail" and fail_on_rejection is None:
+                fail_on_rejection = ref
         if rules.sentinel is not None:
             bounds = rules.sentinel
             error_rate = _lowest(error_rate, bounds.maxErrorRate, ref)
@@ -246,6 +258,8 @@ def combine(
         token_budgets=tuple(sorted(set(budgets), key=lambda b: (b.tokens, b.policy))),
         allowed_tools=tuple(tools),
         approval_tools=tuple(sorted(approvals)),
+        approval_timeout=approval_timeout,
+        fail_on_rejection=fail_on_rejection,
         max_error_rate=error_rate,
         min_tasks=min_tasks,
         window_seconds=window,

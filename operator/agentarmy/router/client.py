@@ -182,6 +182,36 @@ class RouterClient:
         body = rules.TokenSettlement(attempt=lease.attempt, reserved=reserved, used=used)
         return await self.request("POST", path, rules.TokenGrant, body)
 
+    async def request_approval(
+        self,
+        namespace: str,
+        name: str,
+        lease: wire.LeaseRef | wire.Lease,
+        request: wire.ApprovalRequest,
+    ) -> wire.Task:
+        path = f"/v1/agents/{namespace}/{name}/tasks/{lease.taskId}/approval"
+        return await self.request("POST", path, wire.Task, request)
+
+    async def save_checkpoint(
+        self,
+        namespace: str,
+        name: str,
+        lease: wire.LeaseRef | wire.Lease,
+        checkpoint: dict[str, Any],
+    ) -> wire.Task:
+        path = f"/v1/agents/{namespace}/{name}/tasks/{lease.taskId}/checkpoint"
+        body = wire.CheckpointRequest(attempt=lease.attempt, checkpoint=checkpoint)
+        return await self.request("POST", path, wire.Task, body)
+
+    async def approvals(self, namespace: str | None = None) -> wire.ApprovalList:
+        params = {"namespace": namespace} if namespace else None
+        return await self.request("GET", "/v1/approvals", wire.ApprovalList, params=params)
+
+    async def decide(self, task_id: str, approve: bool, reason: str = "") -> wire.Task:
+        verb = "approve" if approve else "reject"
+        body = wire.DecisionRequest(reason=reason)
+        return await self.request("POST", f"/v1/approvals/{task_id}/{verb}", wire.Task, body)
+
     # -- operator ---------------------------------------------------------------------------
 
     async def put_rules(self, namespace: str, fleets: Sequence[rules.FleetRules]) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from agentarmy.api import wire
 from agentarmy.api.rules import BudgetRule, FleetRules, Halt, Resumed
 from agentarmy.logs import log_fields
+from agentarmy.policy.effective import tool_decision
 from agentarmy.router import governance
 from agentarmy.router.errors import ApiError
 from agentarmy.router.governance import FleetWindow, RateLimit
@@ -92,6 +93,25 @@ class Governor:
         if rules is None or not (rules.allowedTools or rules.approvalTools):
             return None
         return wire.ToolRules(allowedTools=rules.allowedTools, approvalTools=rules.approvalTools)
+
+    def approvers(self, namespace: str, fleet: str, tool: str) -> list[str]:
+        """The Policies that require a person's approval for a call of ``tool``."""
+        rules = self.rules.get((namespace, fleet))
+        if rules is None:
+            return []
+        decision = tool_decision(
+            [(entry.policy, entry.globs) for entry in rules.allowedTools],
+            [(entry.tool, entry.policy) for entry in rules.approvalTools],
+            tool,
+        )
+        return list(decision.approval_by) if decision.allowed else []
+
+    def approval_terms(self, namespace: str, fleet: str) -> tuple[float, wire.OnRejection]:
+        rules = self.rules.get((namespace, fleet))
+        if rules is None:
+            return DEFAULT_APPROVAL_TIMEOUT, "continue"
+        timeout = rules.approvalTimeoutSeconds
+        return (timeout.value if timeout else DEFAULT_APPROVAL_TIMEOUT), rules.onRejection
 
     def watches(self, task: wire.Task) -> bool:
         """Does the sentinel of the task's fleet count this change (an attempt ending)?"""
@@ -307,6 +327,32 @@ class Governor:
                 self.on_resumed(*change.key)
         else:
             self.halts[change.key] = change.halt
+
+
+DEFAULT_APPROVAL_TIMEOUT = 3600.0
+
+
+class ApprovalDeadlines:
+    """Tasks awaiting approval by deadline, so the reaper times them out without a scan.
+    Rebuilt from the store at start; on NATS, other replicas' parks arrive by the watch."""
+
+    def __init__(self) -> None:
+        self._deadlines: dict[str, float] = {}
+
+    def watch(self, task: wire.Task) -> None:
+        if task.phase == "AwaitingApproval" and task.deadlineAt is not None:
+            self._deadlines[task.id] = task.deadlineAt
+        else:
+            self._deadlines.pop(task.id, None)
+
+    def forget(self, task_id: str) -> None:
+        self._deadlines.pop(task_id, None)
+
+    def due(self, now: float) -> list[str]:
+        return [task_id for task_id, deadline in self._deadlines.items() if deadline <= now]
+
+    def __len__(self) -> int:
+        return len(self._deadlines)
 
 
 def _has_sentinel(rules: FleetRules) -> bool:

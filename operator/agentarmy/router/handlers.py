@@ -193,3 +193,27 @@ async def resume(service: RouterService, call: Call) -> BaseModel:
     return await service.resume(
         call.principal, call.path["namespace"], call.path["name"], call.body
     )
+
+
+async def request_approval(service: RouterService, call: Call) -> BaseModel:
+    return await service.request_approval(
+        call.principal, call.path["namespace"], call.path["name"], call.path["task_id"], call.body
+    )
+
+
+async def save_checkpoint(service: RouterService, call: Call) -> BaseModel:
+    return await service.save_checkpoint(
+        call.principal, call.path["namespace"], call.path["name"], call.path["task_id"], call.body
+    )
+
+
+async def list_approvals(service: RouterService, call: Call) -> BaseModel:
+    return await service.pending_approvals(call.principal, call.query.get("namespace"))
+
+
+async def approve(service: RouterService, call: Call) -> BaseModel:
+    return await service.decide(call.principal, call.path["task_id"], True, call.body.reason)
+
+
+async def reject(service: RouterService, call: Call) -> BaseModel:
+    return await service.decide(call.principal, call.path["task_id"], False, call.body.reason)

@@ -73,6 +73,8 @@ def new_task(request: wire.SubmitTask, task_id: str, seq: int, now: float) -> Ta
         error="",
         usage=None,
         finishedAt=None,
+        approval=None,
+        checkpoint=None,
     )
 
 
@@ -142,6 +144,8 @@ def to_lease(task: Task) -> wire.Lease:
         parentTaskId=task.parentTaskId,
         leaseExpiresAt=task.leaseExpiresAt,
         deadlineAt=task.deadlineAt,
+        approval=task.approval,
+        checkpoint=task.checkpoint,
     )
 
 
@@ -305,3 +309,68 @@ def restart_grace(task: Task, now: float, lease_seconds: float) -> Task | None:
     if task.phase != "Running":
         return None
     return extend_lease(task, now, lease_seconds)
+
+
+# -- approvals: a task parked while a person decides on a tool call ------------------------
+
+
+def park_for_approval(
+    task: Task,
+    request: wire.ApprovalRequest,
+    holder: str,
+    policies: list[str],
+    timeout_seconds: float,
+    on_rejection: wire.OnRejection,
+    now: float,
+) -> Task:
+    """The lease ends (released: it does not count against maxAttempts) and the task waits,
+    holding no agent, with the call and the skill's checkpoint stored. Fenced by the caller."""
+    approval = wire.Approval(
+        id=f"{task.id}.{task.attempt}.{len(task.attempts)}",
+        tool=request.tool,
+        arguments=request.arguments,
+        toolCallId=request.toolCallId,
+        agent=holder,
+        attempt=task.attempt,
+        policies=policies,
+        reason=request.reason,
+        requestedAt=now,
+        deadlineAt=now + timeout_seconds,
+        onRejection=on_rejection,
+    )
+    return task.model_copy(
+        update={
+            "phase": "AwaitingApproval",
+            "attempts": _end_attempt(
+                task, "Released", f"waiting for approval of {request.tool}", now
+            ),
+            "leaseExpiresAt": None,
+            "deadlineAt": approval.deadlineAt,
+            "approval": approval,
+            "checkpoint": request.checkpoint,
+        }
+    )
+
+
+def decide_approval(
+    task: Task, decision: wire.ApprovalDecision, who: str, reason: str, now: float
+) -> Task | None:
+    """Record a person's (or the deadline's) decision: the task queues again to resume, or
+    fails when the Policy says a rejection ends it. None when nothing waits (decided already)."""
+    if task.phase != "AwaitingApproval" or task.approval is None:
+        return None
+    approval = task.approval.model_copy(
+        update={"decision": decision, "decidedBy": who, "decidedAt": now, "decisionReason": reason}
+    )
+    update: dict[str, object] = {"approval": approval, "deadlineAt": None}
+    if decision != "Approved" and approval.onRejection == "fail":
+        verb = "timed out" if decision == "TimedOut" else f"rejected by {who}"
+        error = f"the call of tool {approval.tool} was {verb}" + (f": {reason}" if reason else "")
+        update |= {"phase": "Failed", "finishedAt": now, "error": error}
+    else:
+        update |= {"phase": "Queued", "availableAt": now}
+    return task.model_copy(update=update)
+
+
+def save_checkpoint(task: Task, checkpoint: dict[str, object]) -> Task:
+    return task.model_copy(update={"checkpoint": checkpoint})

@@ -18,7 +18,7 @@ from agentarmy.router import decisions, lifecycle
 from agentarmy.router.auth import Principal
 from agentarmy.router.dispatcher import Dispatcher
 from agentarmy.router.errors import ApiError, bad_request, not_found, stale_lease
-from agentarmy.router.governor import Governor
+from agentarmy.router.governor import ApprovalDeadlines, Governor
 from agentarmy.router.metrics import RouterMetrics
 from agentarmy.router.store.base import Submitted, TaskQuery, TaskStore, UnknownAgent
 
@@ -43,6 +43,7 @@ class RouterService:
         self.clock = clock
         self.metrics = RouterMetrics()
         self.governor = Governor(store.governance, clock, self._count_decision, self._on_resumed)
+        self.approvals = ApprovalDeadlines()
         self.dispatcher = Dispatcher(store, clock, self._on_claimed, self.governor.halted)
         self._result_waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._reaper: asyncio.Task[None] | None = None
@@ -53,6 +54,7 @@ class RouterService:
     async def start(self) -> None:
         await self.store.open(self.clock())
         await self.governor.start()
+        await self._load_approval_deadlines()
         freeze_startup_objects()
         self._reaper = asyncio.create_task(self._reap_forever(), name="lease-reaper")
         self.ready = True
@@ -314,6 +316,159 @@ class RouterService:
             raise stale_lease(problem)
         return agent
 
+    # -- approvals --------------------------------------------------------------------------
+
+    async def request_approval(
+        self,
+        principal: Principal,
+        namespace: str,
+        name: str,
+        task_id: str,
+        request: wire.ApprovalRequest,
+    ) -> wire.Task:
+        """The agent holding the lease parks the task on a call that needs a person."""
+        agent = await self._leaseholder(principal, namespace, name, task_id, request.attempt)
+        holder = lifecycle.agent_id(namespace, name)
+        policies = self.governor.approvers(namespace, agent.fleet, request.tool)
+        if not policies:
+            raise bad_request(
+                f"tool {request.tool} needs no approval in fleet {namespace}/{agent.fleet}", "tool"
+            )
+        timeout, on_rejection = self.governor.approval_terms(namespace, agent.fleet)
+        now = self.clock()
+
+        ref = wire.LeaseRef(taskId=task_id, attempt=request.attempt)
+
+        def park(task: Task) -> Task | None:
+            if lifecycle.fence_problem(task, ref, holder) is not None:
+                return None
+            return lifecycle.park_for_approval(
+                task, request, holder, policies, timeout, on_rejection, now
+            )
+
+        outcome = await self.store.update(task_id, park)
+        if outcome is None or not outcome[1]:
+            raise stale_lease(f"task {task_id} is no longer leased to {holder}")
+        task = outcome[0]
+        self.approvals.watch(task)
+        self._count_decision(namespace, agent.fleet, "approval-asked")
+        decisions.decide(
+            "approval-asked",
+            task,
+            tool=request.tool,
+            policies=policies,
+            deadlineAt=task.deadlineAt,
+            approvalId=task.approval.id if task.approval else "",
+        )
+        return task
+
+    async def save_checkpoint(
+        self,
+        principal: Principal,
+        namespace: str,
+        name: str,
+        task_id: str,
+        request: wire.CheckpointRequest,
+    ) -> wire.Task:
+        await self._leaseholder(principal, namespace, name, task_id, request.attempt)
+        holder = lifecycle.agent_id(namespace, name)
+
+        ref = wire.LeaseRef(taskId=task_id, attempt=request.attempt)
+
+        def save(task: Task) -> Task | None:
+            if lifecycle.fence_problem(task, ref, holder) is not None:
+                return None
+            return lifecycle.save_checkpoint(task, request.checkpoint)
+
+        outcome = await self.store.update(task_id, save)
+        if outcome is None or not outcome[1]:
+            raise stale_lease(f"task {task_id} is no longer leased to {holder}")
+        return outcome[0]
+
+    async def pending_approvals(
+        self, principal: Principal, namespace: str | None
+    ) -> wire.ApprovalList:
+        """What waits for a person: admins see every namespace, clients their own."""
+        if principal.role == "client" and principal.namespace is not None:
+            namespace = namespace or principal.namespace
+        if principal.role != "admin" or namespace is not None:
+            principal.check_caller(namespace or "")
+        pending: list[wire.PendingApproval] = []
+        after = 0
+        while True:
+            page = await self.store.list_tasks(
+                TaskQuery(
+                    namespace=namespace, phase="AwaitingApproval", after_seq=after, limit=1000
+                )
+            )
+            pending += [
+                wire.PendingApproval(
+                    taskId=t.id,
+                    namespace=t.namespace,
+                    fleet=t.fleet,
+                    capability=t.capability,
+                    traceId=t.traceId,
+                    approval=t.approval,
+                )
+                for t in page
+                if t.approval is not None
+            ]
+            if len(page) < 1000:
+                return wire.ApprovalList(approvals=pending)
+            after = page[-1].seq
+
+    async def decide(
+        self, principal: Principal, task_id: str, approve: bool, reason: str
+    ) -> wire.Task:
+        """A person approves or rejects; recorded with who, when and why. Agents never may."""
+        task = await self.get(principal, task_id)  # refuses agent tokens and other namespaces
+        if not approve and not reason.strip():
+            raise bad_request(
+                "a rejection needs a reason (the model and the record see it)", "reason"
+            )
+        who = f"{principal.role}:{principal.name}"
+        decision: wire.ApprovalDecision = "Approved" if approve else "Rejected"
+        return await self._decide(task, decision, who, reason)
+
+    async def _decide(
+        self, task: Task, decision: wire.ApprovalDecision, who: str, reason: str
+    ) -> Task:
+        now = self.clock()
+        outcome = await self.store.update(
+            task.id, lambda t: lifecycle.decide_approval(t, decision, who, reason, now)
+        )
+        if outcome is None:
+            raise not_found(f"task {task.id} does not exist")
+        decided, changed = outcome
+        if not changed:
+            already = decided.approval.decision if decided.approval else None
+            raise ApiError(
+                409,
+                "NotAwaitingApproval",
+                f"task {task.id} is {decided.phase}"
+                + (f"; its approval was already {already.lower()}" if already else ""),
+            )
+        self.approvals.forget(decided.id)
+        event = {"Approved": "approval-granted", "Rejected": "approval-rejected"}.get(
+            decision, "approval-timed-out"
+        )
+        self._count_decision(decided.namespace, decided.fleet, event)
+        decisions.decide(event, decided, decidedBy=who, reason=reason, phase=decided.phase)
+        if decided.phase == "Queued":
+            self.dispatcher.notify(decided.namespace, decided.fleet)
+        else:
+            self._wake_result_waiters(decided)
+        return decided
+
+    async def time_out_approvals(self) -> None:
+        for task_id in self.approvals.due(self.clock()):
+            task = await self.store.get(task_id)
+            if task is None or task.phase != "AwaitingApproval":
+                self.approvals.forget(task_id)
+                continue
+            with contextlib.suppress(ApiError):  # another replica decided first
+                await self._decide(task, "TimedOut", "timeout", "no decision before the deadline")
+
     # -- operator ---------------------------------------------------------------------------
 
     async def stats(self, principal: Principal) -> wire.Stats:
@@ -384,6 +539,7 @@ class RouterService:
         self._wake_result_waiters(task)
 
     def _on_foreign_change(self, task: Task) -> None:
+        self.approvals.watch(task)
         if task.phase == "Queued":
             self.dispatcher.notify(task.namespace, task.fleet)
         self._wake_result_waiters(task)
@@ -400,7 +556,20 @@ class RouterService:
             except Exception:
                 log.exception("lease reaper failed; trying again next tick")
 
+    async def _load_approval_deadlines(self) -> None:
+        after = 0
+        while True:
+            page = await self.store.list_tasks(
+                TaskQuery(phase="AwaitingApproval", after_seq=after, limit=1000)
+            )
+            for task in page:
+                self.approvals.watch(task)
+            if len(page) < 1000:
+                return
+            after = page[-1].seq
+
     async def reap(self) -> None:
+        await self.time_out_approvals()
         for task in await self.store.expire_due(self.clock()):
             await self._attempt_ended(task)
             if task.phase == "Queued":

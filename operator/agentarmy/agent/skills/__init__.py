@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from agentarmy.agent.settings import AgentSettings
 from agentarmy.api import wire
@@ -26,6 +26,40 @@ class SkillFailed(Exception):
     def __init__(self, message: str, retryable: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class Parked(Exception):
+    """The task now waits for a person's decision; the router holds it, the agent sends no
+    result (its lease has ended) and takes other work."""
+
+
+class Checkpoints(Protocol):
+    """The task's stored state (with the router) and parking it for an approval."""
+
+    async def save(self, checkpoint: dict[str, Any]) -> None:
+        """Store ``checkpoint`` with the task (fenced by the lease); SkillFailed if refused."""
+
+    async def park(self, request: ApprovalAsk) -> NoReturn:
+        """Ask for a person's approval: the task is parked and Parked is raised."""
+
+
+@dataclass(frozen=True)
+class ApprovalAsk:
+    tool: str
+    arguments: dict[str, Any]
+    tool_call_id: str
+    reason: str
+    checkpoint: dict[str, Any]
+
+
+class Unparkable:
+    """For contexts with no router (tests of a skill alone): nothing can wait."""
+
+    async def save(self, checkpoint: dict[str, Any]) -> None:
+        return None
+
+    async def park(self, request: ApprovalAsk) -> NoReturn:
+        raise SkillFailed(f"tool {request.tool} needs approval and no router can hold the task")
 
 
 class TokenBudget(Protocol):
@@ -69,6 +103,11 @@ class TaskContext:
     tool_rules: wire.ToolRules | None = None
     """The fleet's Policy tool rules, from the lease; every tool call is judged by them."""
     budget: TokenBudget = field(default_factory=Unbudgeted)
+    checkpoints: Checkpoints = field(default_factory=Unparkable)
+    approval: wire.Approval | None = None
+    """On a resume after an approval: the request and its decision."""
+    checkpoint: dict[str, Any] | None = None
+    """On a resume: the state the skill stored (the conversation so far)."""
 
 
 class Skill(Protocol):

@@ -20,12 +20,20 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from agentarmy.agent.settings import AgentSettings
-from agentarmy.agent.skills import Skill, SkillFailed, SkillResult, TaskContext, allowed
+from agentarmy.agent.skills import (
+    ApprovalAsk,
+    Skill,
+    SkillFailed,
+    SkillResult,
+    TaskContext,
+    allowed,
+)
 from agentarmy.api import wire
 from agentarmy.logs import log_fields
 from agentarmy.policy.effective import tool_decision
@@ -68,36 +76,46 @@ class LlmSkill:
     async def run(self, ctx: TaskContext) -> SkillResult:
         if not self.settings.model_endpoint:
             raise SkillFailed("the agent has no model endpoint configured", retryable=False)
-        messages = _initial_messages(ctx.input)
+        state = _Conversation.resume(ctx.checkpoint) or _Conversation.start(ctx.input)
         offered = self._offered_tools(ctx)
-        usage = wire.TokenUsage()
-        calls: list[dict[str, Any]] = []
         max_turns = int(ctx.input.get("maxTurns", 8))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
-            for turn in range(1, max_turns + 1):
-                reply = await self._budgeted_call(ctx, session, messages, offered)
-                usage = _add_usage(usage, reply.get("usage") or {}, self.settings.model_pricing)
+            await self._run_tool_calls(ctx, state)  # what a parked turn left to do
+            while state.turn < max_turns:
+                state.turn += 1
+                reply = await self._budgeted_call(ctx, session, state.messages, offered)
+                state.usage = _add_usage(
+                    state.usage, reply.get("usage") or {}, self.settings.model_pricing
+                )
                 choice = (reply.get("choices") or [{}])[0]
                 message = choice.get("message") or {}
-                messages.append(message)
-                tool_calls = message.get("tool_calls") or []
-                if not tool_calls:
+                state.messages.append(message)
+                state.pending = list(message.get("tool_calls") or [])
+                if not state.pending:
                     return SkillResult(
                         output={
                             "content": message.get("content") or "",
-                            "toolCalls": calls,
-                            "turns": turn,
+                            "toolCalls": state.calls,
+                            "turns": state.turn,
                             "finishReason": choice.get("finish_reason", ""),
                         },
-                        usage=usage,
+                        usage=state.usage,
                     )
-                for call in tool_calls:
-                    content, record = await self._call_tool(ctx, call)
-                    calls.append(record)
-                    messages.append(
-                        {"role": "tool", "tool_call_id": call.get("id", ""), "content": content}
-                    )
+                await self._run_tool_calls(ctx, state)
         raise SkillFailed(f"the model was still calling tools after {max_turns} turns")
+
+    async def _run_tool_calls(self, ctx: TaskContext, state: _Conversation) -> None:
+        while state.pending:
+            call = state.pending[0]
+            content, record = await self._call_tool(ctx, call, state)
+            state.calls.append(record)
+            state.messages.append(
+                {"role": "tool", "tool_call_id": call.get("id", ""), "content": content}
+            )
+            state.pending.pop(0)
+            if record.get("approval"):
+                state.started = ""
+                await ctx.checkpoints.save(state.checkpoint())  # its outcome, stored once
 
     def _max_tokens(self, ctx: TaskContext) -> int:
         wanted = ctx.input.get("maxTokens")
@@ -177,7 +195,7 @@ class LlmSkill:
             raise SkillFailed(f"model endpoint failed: {type(error).__name__}: {error}") from error
 
     async def _call_tool(
-        self, ctx: TaskContext, call: dict[str, Any]
+        self, ctx: TaskContext, call: dict[str, Any], state: _Conversation
     ) -> tuple[str, dict[str, Any]]:
         function = call.get("function") or {}
         name = str(function.get("name", ""))
@@ -188,11 +206,16 @@ class LlmSkill:
         record: dict[str, Any] = {"name": name, "arguments": arguments, "ok": False}
         if not isinstance(arguments, dict):
             return json.dumps({"error": "arguments must be a JSON object"}), record
-        self._judge_by_policy(ctx, name)
+        needs_approval = self._judge_by_policy(ctx, name)
         if not allowed(name, self.settings.allowed_tools) or (
             name != HANDOFF_TOOL and name not in ctx.tools
         ):
             return json.dumps({"error": f"tool {name!r} is not allowed for this agent"}), record
+        if needs_approval:
+            verdict = await self._approved(ctx, call, name, arguments, state)
+            record["approval"] = ctx.approval.id if ctx.approval else ""
+            if verdict is not None:
+                return json.dumps({"error": verdict}), record
         try:
             output = await self._run_tool(ctx, name, arguments)
         except SkillFailed as error:
@@ -222,19 +245,55 @@ class LlmSkill:
         return result.output
 
 
-    def _judge_by_policy(self, ctx: TaskContext, tool: str) -> None:
+    async def _approved(
+        self,
+        ctx: TaskContext,
+        call: dict[str, Any],
+        tool: str,
+        arguments: dict[str, Any],
+        state: _Conversation,
+    ) -> str | None:
+        """None when the call may run now (a person approved it); else what the model is
+        told instead. Without a decision for this call, the task is parked (Parked)."""
+        approval, call_id = ctx.approval, str(call.get("id", ""))
+        answers = (
+            approval is not None
+            and approval.decision is not None
+            and approval.toolCallId == call_id
+            and approval.tool == tool
+        )
+        if answers and approval is not None and approval.id == state.started:
+            # An earlier attempt began this call and its agent stopped before storing the
+            # outcome: running it again could do it twice.
+            return "the approved call was started by an earlier attempt; its outcome is unknown"
+        if not answers or approval is None or approval.id in state.used:
+            ask = ApprovalAsk(tool, arguments, call_id, "the model asked for it", state.checkpoint())
+            await ctx.checkpoints.park(ask)
+        assert approval is not None
+        state.used.append(approval.id)  # a decision answers one call, once
+        if approval.decision != "Approved":
+            return (
+                f"a person did not approve this call ({approval.decision}, by "
+                f"{approval.decidedBy}): {approval.decisionReason}"
+            )
+        state.started = approval.id
+        await ctx.checkpoints.save(state.checkpoint())
+        return None
+
+    def _judge_by_policy(self, ctx: TaskContext, tool: str) -> bool:
         """Refuse a tool the fleet's Policies do not allow: the task fails, naming the rule.
-        (The runtime is ours; admission's image allow-list keeps foreign runtimes out.)"""
+        (The runtime is ours; admission's image allow-list keeps foreign runtimes out.)
+        True when the call needs a person's approval first."""
         rules = ctx.tool_rules
         if rules is None:
-            return
+            return False
         decision = tool_decision(
             [(entry.policy, entry.globs) for entry in rules.allowedTools],
             [(entry.tool, entry.policy) for entry in rules.approvalTools],
             tool,
         )
         if decision.allowed:
-            return
+            return decision.needs_approval
         finding = decision.finding
         assert finding is not None
         message = f"policy {finding.policy}, rule {finding.rule}: {finding.message}"
@@ -253,6 +312,51 @@ class LlmSkill:
             },
         )
         raise SkillFailed(message, retryable=False)
+
+
+@dataclass
+class _Conversation:
+    """The loop's state; stored with the task (a checkpoint) when it waits for a person."""
+
+    messages: list[dict[str, Any]]
+    usage: wire.TokenUsage = field(default_factory=wire.TokenUsage)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    turn: int = 0
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    """Tool calls of the last reply not yet answered (the first may wait for approval)."""
+    started: str = ""
+    """The approval whose call is running and has no stored outcome yet (never run twice)."""
+    used: list[str] = field(default_factory=list)
+    """Approvals already applied to a call."""
+
+    @classmethod
+    def start(cls, task_input: Mapping[str, Any]) -> _Conversation:
+        return cls(_initial_messages(task_input))
+
+    @classmethod
+    def resume(cls, checkpoint: Mapping[str, Any] | None) -> _Conversation | None:
+        if not checkpoint or "messages" not in checkpoint:
+            return None
+        return cls(
+            messages=list(checkpoint["messages"]),
+            usage=wire.TokenUsage.model_validate(checkpoint.get("usage") or {}),
+            calls=list(checkpoint.get("calls") or []),
+            turn=int(checkpoint.get("turn", 0)),
+            pending=list(checkpoint.get("pending") or []),
+            started=str(checkpoint.get("started", "")),
+            used=[str(u) for u in checkpoint.get("used") or []],
+        )
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "usage": self.usage.model_dump(),
+            "calls": self.calls,
+            "turn": self.turn,
+            "pending": self.pending,
+            "started": self.started,
+            "used": self.used,
+        }
 
 
 def _initial_messages(task_input: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from agentarmy.api import wire
 from agentarmy.api.wire import AgentInfo, Task
+from agentarmy.router import lifecycle
 from agentarmy.router.lifecycle import RetryPolicy, agent_id
 from agentarmy.router.store.governance import GovernanceState
 
@@ -106,8 +107,15 @@ class TaskStore(abc.ABC):
         """Tasks in submission order (seq), after ``query.after_seq``."""
 
     @abc.abstractmethod
+    async def update(
+        self, task_id: str, change: Callable[[Task], Task | None]
+    ) -> tuple[Task, bool] | None:
+        """Apply one lifecycle change (None: no change) under the backend's concurrency
+        control: (the task after, whether it changed), or None if the task is unknown."""
+
     async def cancel(self, task_id: str, now: float) -> tuple[Task, bool] | None:
         """(task, changed), or None if unknown. Ended tasks are returned unchanged."""
+        return await self.update(task_id, lambda task: lifecycle.cancel(task, now))
 
     @abc.abstractmethod
     async def register(self, agent: wire.RegisterAgent, now: float) -> AgentInfo: ...

@@ -485,8 +485,10 @@ class NatsStore(TaskStore):
         chosen = heapq.nsmallest(query.limit, matches, key=lambda e: e.seq)
         return [Task.model_validate_json(e.raw) for e in chosen]
 
-    async def cancel(self, task_id: str, now: float) -> tuple[Task, bool] | None:
-        outcome = await self._mutate(task_id, lambda t: lifecycle.cancel(t, now))
+    async def update(
+        self, task_id: str, change: Callable[[Task], Task | None]
+    ) -> tuple[Task, bool] | None:
+        outcome = await self._mutate(task_id, change)
         if outcome is None:
             return None
         seen, updated = outcome

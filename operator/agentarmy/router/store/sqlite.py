@@ -423,16 +423,18 @@ class SqliteStore(TaskStore):
         rows = await self._read(lambda conn: conn.execute(sql, params).fetchall())
         return [Task.model_validate_json(body) for (body,) in rows]
 
-    async def cancel(self, task_id: str, now: float) -> tuple[Task, bool] | None:
+    async def update(
+        self, task_id: str, change: Callable[[Task], Task | None]
+    ) -> tuple[Task, bool] | None:
         def operation(conn: sqlite3.Connection) -> tuple[Task, bool] | None:
             task = _load(conn, task_id)
             if task is None:
                 return None
-            cancelled = lifecycle.cancel(task, now)
-            if cancelled is None:
+            changed = change(task)
+            if changed is None:
                 return task, False
-            self._save(conn, cancelled)
-            return cancelled, True
+            self._save(conn, changed)
+            return changed, True
 
         return await self._write(operation)
 

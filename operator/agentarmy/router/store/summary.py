@@ -34,6 +34,7 @@ PHASE_FIELDS: Mapping[str, str] = {
     "DeadLettered": "deadLettered",
     "Cancelled": "cancelled",
     "Pending": "queued",
+    "AwaitingApproval": "awaitingApproval",
 }
 """Task phase -> the FleetStats field that counts it."""
 
@@ -111,6 +112,7 @@ def _fleet_stats(key: tuple[str, str], counted: _Fleet) -> wire.FleetStats:
         failed=phases["failed"],
         deadLettered=phases["deadLettered"],
         cancelled=phases["cancelled"],
+        awaitingApproval=phases["awaitingApproval"],
         agents=sorted(counted.agents, key=lambda a: a.name),
         templates=[
             wire.TemplateStats(
