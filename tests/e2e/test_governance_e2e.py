@@ -267,6 +267,8 @@ async def test_a_tool_the_policies_do_not_allow_fails_the_task_naming_the_rule(
     assert done_bad.attempt == 1  # refused for good: a retry would be refused again
     assert f"policy {NS}/tools, rule allowedTools" in done_bad.error
     assert '"http" is not allowed' in done_bad.error
+    _, metrics = await admin.raw("GET", "/metrics")
+    assert 'decision="tool-refused",fleet="f",namespace="team"} 1.0' in metrics.decode()
 
 
 # -- sentinel -----------------------------------------------------------------------------

@@ -223,13 +223,16 @@ class AgentRuntime:
 
     async def _run_skill(self, lease: wire.Lease) -> wire.TaskResult | None:
         """The attempt's result; None when the task was parked (the router holds it)."""
-        def failed(error: str, retryable: bool = True) -> wire.TaskResult:
+        def failed(
+            error: str, retryable: bool = True, refused_by: wire.RefusedBy | None = None
+        ) -> wire.TaskResult:
             return wire.TaskResult(
                 taskId=lease.taskId,
                 attempt=lease.attempt,
                 outcome="failed",
                 error=error[: wire.MAX_ERROR_CHARS],
                 retryable=retryable,
+                refusedBy=refused_by,
             )
 
         skill = self.skills.get(lease.capability)
@@ -259,7 +262,7 @@ class AgentRuntime:
             log.info("task %s waits for a person's approval; lease given back", lease.taskId)
             return None
         except SkillFailed as error:
-            return failed(str(error) or "skill failed", error.retryable)
+            return failed(str(error) or "skill failed", error.retryable, error.refused_by)
         except Exception as error:  # a skill bug fails the attempt, not the agent
             log.exception("skill %s crashed on task %s", skill.name, lease.taskId)
             return failed(f"skill {skill.name} crashed: {type(error).__name__}: {error}")

@@ -264,6 +264,12 @@ class Lease(_LeaseFields):
     checkpoint: FreeForm | None = Field(default=None, description=CHECKPOINT_NOTE)
 
 
+class RefusedBy(Request):
+    policy: PolicyRef
+    rule: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    tool: Annotated[str, StringConstraints(max_length=256)] = ""
+
+
 class TaskResult(LeaseRef):
     """How an attempt ended, reported by the agent holding its lease."""
 
@@ -272,6 +278,9 @@ class TaskResult(LeaseRef):
     error: ErrorText = ""
     retryable: bool = Field(default=True, description="False: fail the task without retrying.")
     usage: TokenUsage | None = None
+    refusedBy: RefusedBy | None = Field(
+        default=None, description="Set when a Policy rule, judged by the agent, failed it."
+    )
 
     @field_validator("result")
     @classmethod

@@ -214,6 +214,16 @@ class RouterService:
         self, agent: AgentInfo, results: Sequence[wire.TaskResult]
     ) -> list[wire.ResultAck]:
         reported = await self.store.report(agent, results, self.clock())
+        for result, item in zip(results, reported, strict=True):
+            if result.refusedBy is not None and item.task is not None:
+                self._count_decision(agent.namespace, agent.fleet, "tool-refused")
+                decisions.decide(
+                    "tool-refused",
+                    item.task,
+                    tool=result.refusedBy.tool,
+                    policy=result.refusedBy.policy,
+                    rule=result.refusedBy.rule,
+                )
         requeued = False
         for item in reported:
             if item.task is None:

@@ -23,9 +23,13 @@ HandOff = Callable[[wire.SubmitTask], Awaitable[wire.SubmitResponse]]
 class SkillFailed(Exception):
     """The skill could not do the task; ``retryable=False`` fails it without more attempts."""
 
-    def __init__(self, message: str, retryable: bool = True) -> None:
+    def __init__(
+        self, message: str, retryable: bool = True, refused_by: wire.RefusedBy | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.refused_by = refused_by
+        """The Policy rule that refused what the skill was about to do, if one did."""
 
 
 class Parked(Exception):

@@ -311,7 +311,8 @@ class LlmSkill:
                 "rule": finding.rule,
             },
         )
-        raise SkillFailed(message, retryable=False)
+        refused = wire.RefusedBy(policy=finding.policy, rule=finding.rule, tool=tool)
+        raise SkillFailed(message, retryable=False, refused_by=refused)
 
 
 @dataclass
