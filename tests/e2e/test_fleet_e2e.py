@@ -136,6 +136,7 @@ def test_demo_command_shows_results() -> None:
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "10/10 tasks succeeded" in out.stdout
+    assert "the router enforces the baseline at run time for fleet echo" in out.stdout
 
 
 def test_fleet_autoscales_on_queue_depth(cluster: Any, stack: Stack) -> None:

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             code = _show_policy(cluster) or code
+            code = asyncio.run(_show_runtime_rules(stack.router_url, stack.admin_token)) or code
             if args.exit:
                 return code
             _explain(cluster, stack.router_url, stack.client_token)
@@ -117,6 +118,32 @@ def _show_policy(cluster: DevCluster) -> int:
     print(cluster.kubectl("get", "policies", "-n", NAMESPACE).stdout)
     denied = "denied the request" in refused.stderr and "denied the request" in scaled.stderr
     return 0 if denied else 1
+
+
+async def _show_runtime_rules(router_url: str, admin_token: str) -> int:
+    """The same Policy at run time: its rate limit, budget, approvals and sentinel reach
+    the router (pushed by the operator) and bind every task of the echo fleet."""
+    async with RouterClient(router_url, admin_token) as admin:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            found = await admin.rules_in_force()
+            fleets = [r for g in found.namespaces if g.namespace == NAMESPACE for r in g.fleets]
+            if any(r.fleet == "echo" for r in fleets):
+                (echo,) = [r for r in fleets if r.fleet == "echo"]
+                limit = echo.tasksPerMinute.value if echo.tasksPerMinute else None
+                say(
+                    f"the router enforces the baseline at run time for fleet echo: "
+                    f"{limit:g} tasks/min, {len(echo.tokenBudgets)} token budget(s), "
+                    f"approval for {', '.join(a.tool for a in echo.approvalTools) or '-'}, "
+                    "a sentinel at "
+                    f"{echo.sentinel.maxErrorRate.value:.0%} errors (armyctl rules)"
+                    if limit is not None and echo.sentinel.maxErrorRate is not None
+                    else "the router holds the baseline's runtime rules for fleet echo"
+                )
+                return 0
+            await asyncio.sleep(0.2)
+    say("the baseline's runtime rules did not reach the router within 10 s")
+    return 1
 
 
 def _explain(cluster: DevCluster, router_url: str, token: str) -> None:
