@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -179,7 +179,15 @@ def drain_rate(done: list[float]) -> float:
     return (len(done) - 1) / (max(done) - min(done))
 
 
-async def run_ours(name: str, store_url: str, work: Path, args: argparse.Namespace) -> Result:
+async def run_ours(
+    name: str,
+    store_url: str,
+    work: Path,
+    args: argparse.Namespace,
+    prepare: Callable[[Any], Awaitable[None]] | None = None,
+) -> Result:
+    """``prepare`` (optional) is awaited with the admin client as soon as it is open, before
+    any task is submitted (bench_governance puts runtime rules in force there)."""
     from agentarmy.api import wire
     from agentarmy.router.client import RouterClient
     from agentarmy.router.testing import RouterProcess, stop_process, write_token_file
@@ -202,6 +210,8 @@ async def run_ours(name: str, store_url: str, work: Path, args: argparse.Namespa
     submitted = 0
     try:
         async with RouterClient(router.url, ADMIN_TOKEN, timeout=120) as client:
+            if prepare is not None:
+                await prepare(client)
             batch = [wire.SubmitTask(fleet="bench", capability="echo") for _ in range(100)]
             for _ in range(args.tasks // 100):  # the drain phase's queue, before any agent exists
                 await client.submit_batch(batch)
