@@ -109,43 +109,65 @@ class Measurement:
 
 
 @dataclass
-class FleetWindow:
-    """Ended attempts of one fleet in 5-s slots, kept for an hour (the longest window)."""
+class _Sums:
+    """Slots of one span with their running totals: adding and forgetting are O(1), so a
+    fleet's verdict after every result costs the same whatever its traffic."""
 
+    span: float
     slots: deque[_Slot] = field(default_factory=deque)
+    attempts: int = 0
+    failures: int = 0
+    tokens: int = 0
+    cost: float = 0.0
 
-    def record(self, now: float, failed: bool, tokens: int, cost: float) -> None:
-        start = math.floor(now / SLOT_SECONDS) * SLOT_SECONDS
+    def add(self, start: float, failed: bool, tokens: int, cost: float) -> None:
         if not self.slots or self.slots[-1].start < start:
             self.slots.append(_Slot(start))
-        slot = self.slots[-1] if self.slots[-1].start <= start else self._slot_for(start)
+        slot = self.slots[-1]  # a late report counts in the newest slot
         slot.attempts += 1
         slot.failures += int(failed)
         slot.tokens += tokens
         slot.cost += cost
-        self.forget_before(now - HOUR)
+        self.attempts += 1
+        self.failures += int(failed)
+        self.tokens += tokens
+        self.cost += cost
 
-    def _slot_for(self, start: float) -> _Slot:
-        for slot in reversed(self.slots):  # a late report: count it where it belongs
-            if slot.start <= start:
-                return slot
-        return self.slots[0]
-
-    def forget_before(self, cutoff: float) -> None:
+    def forget_before(self, now: float) -> None:
+        cutoff = now - self.span
         while self.slots and self.slots[0].start + SLOT_SECONDS <= cutoff:
-            self.slots.popleft()
+            old = self.slots.popleft()
+            self.attempts -= old.attempts
+            self.failures -= old.failures
+            self.tokens -= old.tokens
+            self.cost -= old.cost
+
+
+@dataclass
+class FleetWindow:
+    """A fleet's ended attempts in 5-s slots: over its sentinel window for the error rate,
+    over the last hour for tokens and cost."""
+
+    window: float = DEFAULT_SENTINEL_WINDOW
+    recent: _Sums = field(init=False)
+    hour: _Sums = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recent, self.hour = _Sums(self.window), _Sums(HOUR)
+
+    def record(self, now: float, failed: bool, tokens: int, cost: float) -> None:
+        start = math.floor(now / SLOT_SECONDS) * SLOT_SECONDS
+        self.recent.add(start, failed, 0, 0.0)
+        self.hour.add(start, False, tokens, cost)
 
     def measure(self, now: float, window: float) -> Measurement:
-        attempts = failures = tokens = 0
-        cost = 0.0
-        for slot in self.slots:
-            if slot.start + SLOT_SECONDS > now - HOUR:
-                tokens += slot.tokens
-                cost += slot.cost
-            if slot.start + SLOT_SECONDS > now - window:
-                attempts += slot.attempts
-                failures += slot.failures
-        return Measurement(attempts, failures, tokens, cost)
+        if window != self.window:  # the Policy changed the window: count afresh from now
+            self.window, self.recent = window, _Sums(window)
+        self.recent.forget_before(now)
+        self.hour.forget_before(now)
+        return Measurement(
+            self.recent.attempts, self.recent.failures, self.hour.tokens, max(0.0, self.hour.cost)
+        )
 
 
 def counts_for_sentinel(task: Task) -> tuple[bool, bool] | None:

@@ -75,6 +75,7 @@ class Governor:
         self.windows: dict[FleetKey, FleetWindow] = {}
         self._counted: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._budget_reads: dict[str, tuple[float, int]] = {}
+        self._tool_rules: dict[FleetKey, tuple[FleetRules, wire.ToolRules]] = {}
         state.listener = self._on_change
 
     async def start(self) -> None:
@@ -92,7 +93,14 @@ class Governor:
         rules = self.rules.get((namespace, fleet))
         if rules is None or not (rules.allowedTools or rules.approvalTools):
             return None
-        return wire.ToolRules(allowedTools=rules.allowedTools, approvalTools=rules.approvalTools)
+        key = (namespace, fleet)
+        cached = self._tool_rules.get(key)
+        if cached is None or cached[0] is not rules:  # built once per rules, not per claim
+            tools = wire.ToolRules(
+                allowedTools=rules.allowedTools, approvalTools=rules.approvalTools
+            )
+            cached = self._tool_rules[key] = (rules, tools)
+        return cached[1]
 
     def approvers(self, namespace: str, fleet: str, tool: str) -> list[str]:
         """The Policies that require a person's approval for a call of ``tool``."""
@@ -251,18 +259,21 @@ class Governor:
 
     # -- sentinel -------------------------------------------------------------------------
 
-    async def attempt_ended(self, task: wire.Task) -> Halt | None:
-        """Count the attempt that just ended; halt the fleet if a bound is now breached."""
+    async def attempt_ended(self, task: wire.Task, foreign: bool = False) -> Halt | None:
+        """Count the attempt that just ended; halt the fleet if a bound is now breached.
+        ``foreign``: another replica recorded it (its watch may deliver a task twice)."""
         key = (task.namespace, task.fleet)
         rules = self.rules.get(key)
         if rules is None or not _has_sentinel(rules):
             return None  # the usual case: nothing to measure (one dict lookup per result)
         verdict = governance.counts_for_sentinel(task)
-        if verdict is None or not self._first_count(task):
+        if verdict is None or (foreign and not self._first_count(task)):
             return None
         usage = task.usage if task.phase == "Succeeded" else None
         now = self.clock()
-        window = self.windows.setdefault(key, FleetWindow())
+        window = self.windows.get(key)
+        if window is None:
+            window = self.windows[key] = FleetWindow(governance.sentinel_window(rules))
         window.record(
             now, verdict[1], usage.totalTokens if usage else 0, usage.cost if usage else 0.0
         )

@@ -554,7 +554,7 @@ class RouterService:
             self.dispatcher.notify(task.namespace, task.fleet)
         self._wake_result_waiters(task)
         if self.governor.watches(task):  # another replica's result counts here too
-            future = asyncio.ensure_future(self.governor.attempt_ended(task))
+            future = asyncio.ensure_future(self.governor.attempt_ended(task, foreign=True))
             self._background.add(future)
             future.add_done_callback(self._background.discard)
 

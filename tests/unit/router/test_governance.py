@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from agentarmy.api.rules import BudgetRule, FleetRules, RuleLimit, SentinelRule
 from agentarmy.router import governance
-from agentarmy.router.governance import Bucket, FleetWindow, RateLimit
+from agentarmy.router.governance import SLOT_SECONDS, Bucket, FleetWindow, RateLimit
 
 
 def limit(value: float, policy: str = "ns/p") -> RuleLimit:
@@ -70,7 +70,7 @@ def test_budget_windows_are_aligned_so_replicas_agree() -> None:
 
 
 def test_the_window_counts_only_recent_attempts() -> None:
-    window = FleetWindow()
+    window = FleetWindow(window=20.0)
     for second in range(0, 100):
         window.record(float(second), failed=second >= 90, tokens=10, cost=0.01)
     recent = window.measure(100.0, window=20.0)
@@ -79,7 +79,20 @@ def test_the_window_counts_only_recent_attempts() -> None:
     hour = window.measure(100.0, window=20.0)
     assert hour.tokens_per_hour == 1000
     later = window.measure(100.0 + 3700, window=20.0)
-    assert later.attempts == 0
+    assert later.attempts == 0 and later.tokens_per_hour == 0
+
+
+@given(st.lists(st.tuples(st.floats(0, 30), st.booleans()), max_size=200), st.floats(5, 600))
+def test_running_totals_equal_a_recount(steps: list[tuple[float, bool]], span: float) -> None:
+    window, now, seen = FleetWindow(window=span), 0.0, []
+    for gap, failed in steps:
+        now += gap
+        window.record(now, failed, 1, 0.0)
+        seen.append((now, failed))
+        measured = window.measure(now, span)
+        slot = SLOT_SECONDS
+        kept = [f for t, f in seen if (t // slot) * slot + slot > now - span]
+        assert (measured.attempts, measured.failures) == (len(kept), sum(kept))
 
 
 def rules(**sentinel: RuleLimit) -> FleetRules:
