@@ -173,7 +173,7 @@ async def test_a_rejection_is_told_to_the_model_and_a_timeout_rejects(
         timed_out = (await admin.submit(side_effect_task(model))).task.id
         await phase_becomes(admin, rejected, "AwaitingApproval")
         no_reason = await armyctl(router, "reject", rejected, "--reason", " ")
-        assert no_reason.returncode == 1 and "needs a reason" in no_reason.stderr
+        assert no_reason.returncode != 0 and "needs a reason" in no_reason.stderr
         said_no = await armyctl(router, "reject", rejected, "--reason", "not on a Friday")
         assert said_no.returncode == 0, said_no.stderr
         told = await phase_becomes(admin, rejected, "Succeeded")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, field_validator
 
 from agentarmy.api.common import DNSLabel, Model
 from agentarmy.api.wire import (
@@ -62,21 +62,37 @@ class FleetRules(Request):
     sentinel: SentinelRule = Field(default_factory=SentinelRule)
 
 
+def _last_entry_per_fleet(fleets: list[FleetRules]) -> list[FleetRules]:
+    """A fleet listed twice keeps its last entry (as a map's repeated key would)."""
+    return list({rules.fleet: rules for rules in fleets}.values())
+
+
 class NamespaceRules(Request):
     """Every governed fleet of a namespace; fleets not listed have no runtime rules."""
 
     fleets: list[FleetRules] = Field(default_factory=list, max_length=MAX_FLEETS_PER_SYNC)
+
+    _unique = field_validator("fleets")(_last_entry_per_fleet)
 
 
 class RulesInForce(Request):
     namespace: DNSLabel
     fleets: list[FleetRules] = Field(default_factory=list, max_length=MAX_FLEETS_PER_SYNC)
 
+    _unique = field_validator("fleets")(_last_entry_per_fleet)
+
 
 class AllRules(Request):
     """Every governed fleet of every namespace: a full sync replaces all the router holds."""
 
-    namespaces: list[RulesInForce] = Field(default_factory=list, max_length=10_000)
+    namespaces: list[RulesInForce] = Field(default_factory=list)
+    """No count limit of its own: the request body limit (8 MiB) bounds it."""
+
+    @field_validator("namespaces")
+    @classmethod
+    def _last_entry_per_namespace(cls, namespaces: list[RulesInForce]) -> list[RulesInForce]:
+        """A namespace listed twice keeps its last entry."""
+        return list({group.namespace: group for group in namespaces}.values())
 
 
 class ResumeRequest(Request):

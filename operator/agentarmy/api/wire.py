@@ -424,6 +424,12 @@ class DecisionRequest(Request):
     reason: Annotated[str, StringConstraints(max_length=1024)] = ""
 
 
+class RejectRequest(Request):
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"\S")] = (
+        Field(description="Why: the model and the record see it.")
+    )
+
+
 class PendingApproval(Model):
     taskId: str
     namespace: str

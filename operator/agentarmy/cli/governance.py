@@ -114,6 +114,8 @@ async def _approve(client: RouterClient, args: argparse.Namespace) -> int:
 
 
 async def _reject(client: RouterClient, args: argparse.Namespace) -> int:
+    if not args.reason.strip():
+        raise ValueError("a rejection needs a reason (the model and the record see it)")
     return _decided(args, await client.decide(args.task_id, False, args.reason))
 
 

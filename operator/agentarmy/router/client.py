@@ -209,7 +209,7 @@ class RouterClient:
 
     async def decide(self, task_id: str, approve: bool, reason: str = "") -> wire.Task:
         verb = "approve" if approve else "reject"
-        body = wire.DecisionRequest(reason=reason)
+        body = wire.DecisionRequest(reason=reason) if approve else wire.RejectRequest(reason=reason)
         return await self.request("POST", f"/v1/approvals/{task_id}/{verb}", wire.Task, body)
 
     # -- operator ---------------------------------------------------------------------------

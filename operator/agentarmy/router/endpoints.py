@@ -284,7 +284,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Reject it, with a reason the model and the record see; not for agent tokens",
         handlers.reject,
         wire.Task,
-        wire.DecisionRequest,
+        wire.RejectRequest,
         tag="governance",
     ),
     Endpoint(
