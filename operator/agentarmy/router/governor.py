@@ -91,8 +91,10 @@ class Governor:
     def tool_rules(self, namespace: str, fleet: str) -> wire.ToolRules | None:
         """What a lease of this fleet carries for the agent runtime to judge tool calls."""
         rules = self.rules.get((namespace, fleet))
-        if rules is None or not (rules.allowedTools or rules.approvalTools):
-            return None
+        if rules is None or (
+            not rules.approvalTools and all("*" in entry.globs for entry in rules.allowedTools)
+        ):
+            return None  # nothing to judge: every tool allowed, none needs a person
         key = (namespace, fleet)
         cached = self._tool_rules.get(key)
         if cached is None or cached[0] is not rules:  # built once per rules, not per claim
