@@ -143,3 +143,35 @@ async def test_a_deadline_rejects_and_another_replica_sees_it(
 
 def _namespace_rules() -> NamespaceRules:
     return NamespaceRules(fleets=[RULES])
+
+
+async def test_loosening_the_breached_bound_resumes_a_halted_fleet(
+    store_factory: tuple[str, OpenStore],
+) -> None:
+    _, open_store = store_factory
+    service = await service_on(open_store, Clock())
+    strict = FleetRules(
+        fleet="f",
+        sentinel=SentinelRule(
+            maxErrorRate=RuleLimit(value=0.1, policy="ns/guard"),
+            minTasks=RuleLimit(value=2, policy="ns/guard"),
+        ),
+    )
+    await service.replace_namespace_rules(ADMIN, "ns", NamespaceRules(fleets=[strict]))
+    for _ in range(2):
+        lease = await leased(service)
+        failed = wire.TaskResult(
+            taskId=lease.taskId, attempt=lease.attempt, outcome="failed", error="x", retryable=False
+        )
+        await service.report(AGENT, "ns", "a", [failed])
+    assert service.governor.halted("ns", "f")
+    still_strict = strict.model_copy(update={"policies": ["ns/guard", "ns/other"]})
+    await service.replace_namespace_rules(ADMIN, "ns", NamespaceRules(fleets=[still_strict]))
+    assert service.governor.halted("ns", "f")  # an unrelated change is no resume
+    loose = FleetRules(
+        fleet="f", sentinel=SentinelRule(maxErrorRate=RuleLimit(value=1.0, policy="ns/guard"))
+    )
+    await service.replace_namespace_rules(ADMIN, "ns", NamespaceRules(fleets=[loose]))
+    assert not service.governor.halted("ns", "f")
+    assert service.halts(ADMIN).halts == []
+    await service.governor.stop()
