@@ -33,10 +33,11 @@ class PodContext:
 
 
 def _runtime_env(
-    name: str, namespace: str, fleet: str, spec: AgentSpec, ctx: PodContext
+    name: str, namespace: str, fleet: str, template_hash: str, spec: AgentSpec, ctx: PodContext
 ) -> list[dict[str, Any]]:
     model = spec.model
     values = {
+        env.TEMPLATE_HASH: template_hash,
         env.ROUTER_URL: ctx.router_url,
         env.ROUTER_CA_FILE: ctx.router_ca_file,
         env.AGENT_NAME: name,
@@ -115,7 +116,10 @@ def render_pod(
         "image": spec.image,
         "imagePullPolicy": spec.imagePullPolicy,
         "command": AGENT_COMMAND,
-        "env": _runtime_env(name, namespace, fleet or name, spec, ctx) + _user_env(spec),
+        "env": _runtime_env(
+            name, namespace, fleet or name, agent_labels.get(labels.TEMPLATE_HASH, ""), spec, ctx
+        )
+        + _user_env(spec),
         "resources": _resources(spec),
         "securityContext": {
             "allowPrivilegeEscalation": False,

@@ -68,3 +68,15 @@ def test_owner_reference_points_at_the_agent() -> None:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def test_a_fleet_agent_tells_the_router_its_template_hash() -> None:
+    spec = AgentSpec.model_validate({"capabilities": ["echo"]})
+    member = render_pod(
+        "a1", "ns", "uid-1", {labels.FLEET: "f", labels.TEMPLATE_HASH: "abc123"}, spec, CTX
+    )
+    env = {e["name"]: e.get("value") for e in member["spec"]["containers"][0]["env"]}
+    assert env["AGENTARMY_TEMPLATE_HASH"] == "abc123"
+    standalone = render_pod("a1", "ns", "uid-1", {}, spec, CTX)
+    names = {e["name"] for e in standalone["spec"]["containers"][0]["env"]}
+    assert "AGENTARMY_TEMPLATE_HASH" not in names  # no template, no hash
