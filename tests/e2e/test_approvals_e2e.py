@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,7 +20,15 @@ from agentarmy.api.rules import ApprovalRule, FleetRules, RuleLimit
 from agentarmy.router.client import RouterClient, RouterError, TokenSource
 from agentarmy.router.testing import RouterProcess
 from tests.e2e.fakemodel import FakeModel, fake_model
-from tests.e2e.test_governance_e2e import ADMIN, AGENT, NS, ROUTER_ARGS, Agents, tokens
+from tests.e2e.test_governance_e2e import (
+    ADMIN,
+    AGENT,
+    NS,
+    ROUTER_ARGS,
+    Agents,
+    armyctl,
+    tokens,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -105,17 +110,6 @@ async def phase_becomes(
             return task
         await asyncio.sleep(0.1)
     raise AssertionError(f"task {task_id} is {task.phase}, not {phase}, after {seconds}s")
-
-
-async def armyctl(router: RouterProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "agentarmy.cli.main", *args, "-n", NS, "--router", router.url],
-        env={**os.environ, env.ROUTER_TOKEN: ADMIN},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 async def test_an_approval_survives_a_router_kill_and_the_call_runs_once(

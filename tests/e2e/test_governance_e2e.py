@@ -107,6 +107,18 @@ async def admin(agents_and_router: tuple[RouterProcess, Agents]) -> AsyncIterato
         yield client
 
 
+async def armyctl(router: RouterProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command line as a person runs it, with the admin token."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "agentarmy.cli.main", *args, "-n", NS, "--router", router.url],
+        env={**os.environ, env.ROUTER_TOKEN: ADMIN},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
 async def wait_all(client: RouterClient, ids: list[str], seconds: float = 60) -> list[wire.Task]:
     deadline = time.monotonic() + seconds
     ended: list[wire.Task] = []
@@ -308,48 +320,12 @@ async def test_the_sentinel_halts_a_failing_fleet_until_a_person_resumes_it(
     await asyncio.sleep(2.0)
     assert {(await admin.get(t)).phase for t in waiting} == {"Queued"}
 
-    resume = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "agentarmy.cli.main",
-            "resume",
-            "fleet/f",
-            "-n",
-            NS,
-            "--router",
-            router.url,
-            "--reason",
-            "tool fixed",
-        ],
-        env={**os.environ, env.ROUTER_TOKEN: ADMIN},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    resume = await armyctl(router, "resume", "fleet/f", "--reason", "tool fixed")
     assert resume.returncode == 0, resume.stderr
     assert f"fleet {NS}/f resumed by admin:ops" in resume.stdout
     assert {t.phase for t in await wait_all(admin, waiting)} == {"Succeeded"}
     assert (await admin.halts()).halts == []
-    again = await asyncio.to_thread(
-        subprocess.run,
-        [
-            sys.executable,
-            "-m",
-            "agentarmy.cli.main",
-            "resume",
-            "fleet/f",
-            "-n",
-            NS,
-            "--router",
-            router.url,
-        ],
-        env={**os.environ, env.ROUTER_TOKEN: ADMIN},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    again = await armyctl(router, "resume", "fleet/f")
     assert "was not halted" in again.stdout
     metrics = await admin.raw("GET", "/metrics")
     text = metrics[1].decode()
