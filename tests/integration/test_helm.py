@@ -1,5 +1,6 @@
 """The Helm chart: lints, renders what manifests/base renders (RBAC cannot
-drift apart), refuses bad values with a clear message, and its workloads are
+drift apart), refuses bad values with a clear message (values.schema.json names the key
+of a typo), and its workloads are
 admitted under the `restricted` Pod Security Standard."""
 
 from __future__ import annotations
@@ -59,6 +60,21 @@ def test_chart_rbac_matches_the_kustomize_base(cluster: Any) -> None:
     for key, doc in chart.items():
         for field in ("rules", "roleRef", "subjects"):
             assert doc.get(field) == kustomize[key].get(field), f"{key}.{field} differs"
+
+
+def test_a_typo_or_a_bad_value_fails_with_its_key_named() -> None:
+    typo = helm("template", "agentarmy", str(CHART), "--set", "operator.replicaz=2", check=False)
+    assert typo.returncode != 0
+    assert "at '/operator': additional properties 'replicaz' not allowed" in typo.stderr
+    bad = helm(
+        "template", "agentarmy", str(CHART), "--set", "webhook.failurePolicy=Maybe", check=False
+    )
+    assert bad.returncode != 0
+    assert "at '/webhook/failurePolicy'" in bad.stderr
+    store = helm(
+        "template", "agentarmy", str(CHART), "--set", "router.store=redis://x", check=False
+    )
+    assert store.returncode != 0 and "at '/router/store'" in store.stderr
 
 
 def test_more_router_replicas_need_nats() -> None:
