@@ -21,6 +21,7 @@ from agentarmy.api.rules import (
     RuleLimit,
     SentinelRule,
     ToolAllowList,
+    ToolRules,
 )
 from agentarmy.policy.engine import NamedPolicy, PolicySet
 from agentarmy.policy.findings import Finding, Mode
@@ -122,6 +123,15 @@ class RuntimeRules:
             or self.max_tokens_per_hour
             or self.max_cost_per_hour
         )
+
+
+def judge_tool(rules: ToolRules | FleetRules, tool: str) -> ToolDecision:
+    """``tool_decision`` over the tool rules as the router keeps them or a lease carries them."""
+    return tool_decision(
+        [(entry.policy, entry.globs) for entry in rules.allowedTools],
+        [(entry.tool, entry.policy) for entry in rules.approvalTools],
+        tool,
+    )
 
 
 def tool_decision(

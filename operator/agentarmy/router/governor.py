@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from agentarmy.api import wire
 from agentarmy.api.rules import BudgetRule, FleetRules, Halt, Resumed
 from agentarmy.logs import log_fields
-from agentarmy.policy.effective import tool_decision
+from agentarmy.policy.effective import judge_tool
 from agentarmy.router import governance
 from agentarmy.router.errors import ApiError
 from agentarmy.router.governance import FleetWindow, RateLimit
@@ -109,11 +109,7 @@ class Governor:
         rules = self.rules.get((namespace, fleet))
         if rules is None:
             return []
-        decision = tool_decision(
-            [(entry.policy, entry.globs) for entry in rules.allowedTools],
-            [(entry.tool, entry.policy) for entry in rules.approvalTools],
-            tool,
-        )
+        decision = judge_tool(rules, tool)
         return list(decision.approval_by) if decision.allowed else []
 
     def approval_terms(self, namespace: str, fleet: str) -> tuple[float, wire.OnRejection]:

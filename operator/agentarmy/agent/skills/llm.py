@@ -36,7 +36,7 @@ from agentarmy.agent.skills import (
 )
 from agentarmy.api import wire
 from agentarmy.logs import log_fields
-from agentarmy.policy.effective import tool_decision
+from agentarmy.policy.effective import judge_tool
 
 HANDOFF_TOOL = "handoff"
 DEFAULT_MAX_TOKENS = 1024
@@ -287,11 +287,7 @@ class LlmSkill:
         rules = ctx.tool_rules
         if rules is None:
             return False
-        decision = tool_decision(
-            [(entry.policy, entry.globs) for entry in rules.allowedTools],
-            [(entry.tool, entry.policy) for entry in rules.approvalTools],
-            tool,
-        )
+        decision = judge_tool(rules, tool)
         if decision.allowed:
             return decision.needs_approval
         finding = decision.finding
