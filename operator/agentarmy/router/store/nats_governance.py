@@ -18,7 +18,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from nats.js.api import StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+)
 
 from agentarmy.api.rules import FleetRules, Halt
 from agentarmy.router import governance
@@ -106,17 +111,35 @@ class NatsGovernance(GovernanceState):
             for ns, group in rules.items()
             for r in group
         }
+        # The keys as stored, not as this replica's watch has seen them so far: a push
+        # right after another (here or on another replica) must still remove what it put.
+        try:
+            stored = await self._rules_kv.keys()
+        except NoKeysError:
+            stored = []
+        stored = sorted(set(stored))
+        stored_keys = set(stored)
         writes: list[Awaitable[Any]] = []
-        for (ns, fleet), current in list(self._rules.items()):
-            key = f"rules.{ns}.{fleet}"
-            if scope is not None and ns not in scope:
+        for key in stored:
+            what, namespace, _ = key.split(".", 2)
+            if what != "rules" or (scope is not None and namespace not in scope):
                 continue
             if key not in wanted:
                 writes.append(self._rules_kv.delete(key))
-            elif wanted[key] == current.model_dump_json().encode():
-                del wanted[key]  # unchanged: no write
-        writes += [self._rules_kv.put(key, value) for key, value in wanted.items()]
+        for key, value in wanted.items():
+            _, namespace, fleet = key.split(".", 2)
+            known = self._rules.get((namespace, fleet))
+            unchanged = known is not None and known.model_dump_json().encode() == value
+            if not unchanged or key not in stored_keys:  # stored and unchanged: no write
+                writes.append(self._rules_kv.put(key, value))
         await asyncio.gather(*writes)
+        for key in stored:  # mirror our own change at once; the watch confirms it later
+            what, namespace, fleet = key.split(".", 2)
+            if what == "rules" and key not in wanted and (scope is None or namespace in scope):
+                self._rules.pop((namespace, fleet), None)
+        for group_ns, group in rules.items():
+            for fleet_rules in group:
+                self._rules[(group_ns, fleet_rules.fleet)] = fleet_rules
 
     async def halt(self, halt: Halt) -> Halt:
         key = f"halt.{halt.namespace}.{halt.fleet}"
