@@ -50,6 +50,10 @@ ROLLING_UPDATE = "RollingUpdate"
 SCALING_UP = "ScalingUp"
 SCALING_DOWN = "ScalingDown"
 WAITING_FOR_AGENTS = "WaitingForAgents"
+CANARY_STEP = "CanaryStep"
+"""Progressing=True: a canary holds part of the Agents on the new template and watches it."""
+ROLLOUT_ABORTED = "RolloutAborted"
+"""Progressing=False, Stalled=True: the canary broke maxErrorRate; the old template serves."""
 HALTED_BY_RULE = {
     "maxErrorRate": "ErrorRateAboveBound",
     "maxTokensPerHour": "TokensPerHourAboveBound",
@@ -71,7 +75,8 @@ COMPLETE = "Complete"
 FAILED = "Failed"
 """Task: it ended without success (failed, dead-lettered, cancelled or lost)."""
 STALLED = "Stalled"
-"""Task: kstatus's abnormal-true condition for "will not get there by itself"."""
+"""Task, Fleet: kstatus's abnormal-true condition for "will not get there by itself"
+(a Fleet's aborted canary: Argo CD and kstatus read it as degraded/failed)."""
 
 # -- Task reasons ------------------------------------------------------------------
 SUBMITTED = "Submitted"

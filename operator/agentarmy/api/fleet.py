@@ -181,6 +181,40 @@ class FleetSpec(Model):
 
 FleetPhase = Literal["Pending", "Progressing", "Available", "Degraded", "Halted"]
 
+CanaryPhase = Literal[
+    "Progressing", "Paused", "WaitingForTasks", "Promoting", "Promoted", "Aborted"
+]
+
+
+class CanaryStatus(Model):
+    """Where a canary rollout stands. Kept in status so an operator restart resumes it at the
+    same step; the router's per-template task counts are the evidence."""
+
+    phase: CanaryPhase = Field(description="What the rollout is doing now.")
+    templateHash: str = Field(description="The template under test (spec.template's hash).")
+    stableTemplateHash: str = Field(
+        description="The template that served before; restored in full when the canary aborts."
+    )
+    step: int = Field(ge=0, description="Index into strategy.canary.steps; len(steps) promotes.")
+    weight: int = Field(ge=0, le=100, description="Percent of Agents on the new template.")
+    stepStartedAt: str = Field(
+        default="", description="When this step's Agents were all available (its pause starts)."
+    )
+    baselineTasks: int = Field(
+        default=0, ge=0, description="The router's count for the template when the canary began."
+    )
+    baselineFailures: int = Field(default=0, ge=0, description="Its failures at that time.")
+    tasks: int = Field(default=0, ge=0, description="Tasks the new template finished since.")
+    failures: int = Field(default=0, ge=0, description="Of those, how many failed.")
+    errorRate: str = Field(
+        default="", description="failures/tasks as a percentage, once minTasks have finished."
+    )
+    retry: str = Field(
+        default="",
+        description="The agentarmy.io/rollout-retry annotation this attempt started from.",
+    )
+    message: str = Field(default="", description="What the rollout waits for, or why it stopped.")
+
 
 class FleetStatus(Model):
     """Observed state of a fleet, in ReplicaSet terms."""
@@ -199,7 +233,13 @@ class FleetStatus(Model):
     observedGeneration: int = Field(default=0, ge=0, description="Generation last reconciled.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Available, Progressing, Degraded and Halted.",
+        description="Available, Progressing, Reconciling, Stalled, PolicyCompliant and Halted.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     queueDepth: int = Field(default=0, ge=0, description="Queued tasks for this fleet (coarse).")
+    stableTemplateHash: str = Field(
+        default="", description="The last template every Agent ran (what a canary returns to)."
+    )
+    canary: CanaryStatus | None = Field(
+        default=None, description="The last canary rollout: step, weight, tasks and error rate."
+    )

@@ -122,6 +122,8 @@ FLEET = Resource(
         PrinterColumn("Halted", _condition("Halted")),
         PrinterColumn("Queue", ".status.queueDepth", "integer", "Queued tasks", 1),
         PrinterColumn("Strategy", ".spec.strategy.type", priority=1),
+        PrinterColumn("Canary", ".status.canary.phase", description="Canary phase", priority=1),
+        PrinterColumn("Weight", ".status.canary.weight", "integer", "Canary percent", 1),
         AGE,
     ),
     object_rules=(

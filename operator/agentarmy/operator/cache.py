@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agentarmy.api.common import describe_error
-from agentarmy.api.wire import Halt
+from agentarmy.api.wire import FleetStats, Halt
 from agentarmy.operator import labels
 from agentarmy.policy import NamedPolicy, PolicySet
 
@@ -31,6 +31,15 @@ def _identity(meta: Mapping[str, Any]) -> dict[str, Any]:
         "generation": int(meta.get("generation", 0)),
         "deleting": bool(meta.get("deletionTimestamp")),
     }
+
+
+_OURS = "agentarmy.io/"
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _template_annotations(meta: Mapping[str, Any]) -> dict[str, str]:
+    """An Agent's annotations (from its Fleet's template), without kubectl's copy of it."""
+    return {k: v for k, v in (meta.get("annotations") or {}).items() if k != _LAST_APPLIED}
 
 
 def _ready_condition(status: Mapping[str, Any]) -> tuple[bool, str]:
@@ -98,6 +107,7 @@ class AgentView:
     ready_since: str
     spec: Mapping[str, Any] = field(repr=False)
     status: Mapping[str, Any] = field(repr=False)
+    annotations: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(
@@ -114,6 +124,7 @@ class AgentView:
             owner_uid=owner,
             ready=ready,
             ready_since=since if ready else "",
+            annotations=_template_annotations(meta) if spec else {},
             spec=spec,
             status=status,
         )
@@ -134,6 +145,7 @@ class FleetView:
     labels: Mapping[str, str]
     spec: Mapping[str, Any] = field(repr=False)
     status: Mapping[str, Any] = field(repr=False)
+    annotations: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(
@@ -142,6 +154,9 @@ class FleetView:
         return cls(
             **_identity(meta),
             labels=dict(meta.get("labels") or {}),
+            annotations={
+                k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(_OURS)
+            },
             spec=spec,
             status=status,
         )
@@ -222,6 +237,10 @@ class Cache:
     tasks: Any = None
     halts: dict[tuple[str, str], Halt] = field(default_factory=dict)
     """(namespace, fleet) -> the router's halt, as last read from the router (RulesSync)."""
+    router_figures: dict[tuple[str, str], FleetStats] = field(default_factory=dict)
+    """(namespace, fleet) -> the router's latest figures of the fleet (queue, agents, error
+    rate per template), kept within about a second by the stats watch (statswatch.py) and
+    at least every stats interval by StatsSync."""
     policy_generation: int = 0
     """Bumped on every Policy event; the PolicySet is rebuilt when it moved."""
     _policy_set: tuple[int, PolicySet] | None = None

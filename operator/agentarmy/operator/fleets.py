@@ -9,6 +9,7 @@ turning Ready cost a handful of Fleet writes, not a thousand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -25,8 +26,8 @@ from agentarmy.api.common import (
     transitioned,
 )
 from agentarmy.api.fleet import FleetSpec, FleetStatus
-from agentarmy.operator import compliance, labels, rollout
-from agentarmy.operator.cache import Cache, FleetView
+from agentarmy.operator import canary, compliance, labels, metrics, rollout
+from agentarmy.operator.cache import AgentView, Cache, FleetView
 from agentarmy.operator.decisions import announce
 from agentarmy.operator.egress import EgressSync
 from agentarmy.operator.expectations import Expectations
@@ -74,6 +75,40 @@ def agent_body(fleet: FleetView, spec: FleetSpec, name: str, hash_: str) -> dict
     }
 
 
+def restored_agent_body(fleet: FleetView, source: AgentView, name: str) -> dict[str, Any]:
+    """An Agent on an older template, copied from one still running it (a canary rolling
+    back recreates the Agents it had replaced)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Agent",
+        "metadata": {
+            "name": name,
+            "namespace": fleet.namespace,
+            "labels": dict(source.labels),
+            "annotations": dict(source.annotations),
+            "ownerReferences": [
+                labels.owner_reference(API_VERSION, "Fleet", fleet.name, fleet.uid)
+            ],
+        },
+        "spec": dict(source.spec),
+    }
+
+
+def _expected_hash(fleet: str, agent: str, hash_: str, status: FleetStatus) -> str:
+    """The template of an Agent we created that the watch has not shown yet: its name
+    carries the hash's first characters (rollout.agent_name)."""
+    if status.canary is not None:
+        stable = status.canary.stableTemplateHash
+        if stable and agent.startswith(f"{fleet}-{stable[:5]}-"):
+            return stable
+    return hash_
+
+
+def _forget_gauge(namespace: str, fleet: str) -> None:
+    with contextlib.suppress(KeyError):
+        metrics.ROLLOUT_ABORTED.remove(namespace, fleet)
+
+
 class FleetReconciler:
     def __init__(self, cache: Cache, kube: Kube, router: RouterPeer) -> None:
         """``router``: where agents reach the router, for the egress NetworkPolicy."""
@@ -90,6 +125,7 @@ class FleetReconciler:
         if fleet is None or fleet.deleting:
             self._last_status_write.pop(key, None)
             self.egress.forget(key)
+            _forget_gauge(namespace, name)
             # Owner references let the garbage collector remove the Agents and the
             # egress NetworkPolicy.
             return None
@@ -114,40 +150,89 @@ class FleetReconciler:
             for a in live
         ]
         seen = {a.name for a in agents}
+        current = FleetStatus.model_validate(fleet.status or {})
         # Agents we created that the watch has not delivered yet count as unready members.
         expected = self.expectations.pending(key, seen)
-        members += [rollout.Member(n, hash_, False, False, "9999") for n in sorted(expected)]
+        members += [
+            rollout.Member(n, _expected_hash(name, n, hash_, current), False, False, "9999")
+            for n in sorted(expected)
+        ]
 
         policy, rules = self.check_policy(fleet, spec)
         # Before any new Agent: its Pod must not start without the egress it is allowed.
         resync = await self.egress.sync(fleet, rules.egress)
-        decision = rollout.plan(
-            name,
-            rollout.within_policy(spec, len(members), policy.replica_limit),
-            hash_,
-            members,
-            taken_names=seen | expected,
-        )
+        limited = rollout.within_policy(spec, len(members), policy.replica_limit)
+        taken = seen | expected
+        progress = self._canary(fleet, limited, hash_, current, members, now)
+        if progress is not None and progress.targets is not None:
+            decision = rollout.plan_targets(name, limited, hash_, progress.targets, members, taken)
+        else:
+            decision = rollout.plan(name, limited, hash_, members, taken_names=taken)
         if policy.blocked:
             decision = rollout.without_new_agents(decision, spec.replicas, members)
-        await self._apply(fleet, spec, hash_, decision)
 
         status = rollout.fleet_status(
             spec,
-            FleetStatus.model_validate(fleet.status or {}),
+            current,
             fleet.generation,
             hash_,
             selector_string(name, spec),
             [m for m in members if m.name not in decision.delete],
             policy=policy,
             halt=self.cache.halts.get(key),
+            canary=progress.status if progress is not None else current.canary,
         )
-        requeue = await self._write_status(key, fleet, status, policy)
+        recorded = progress is not None and progress.recorded
+        if recorded:
+            # A step or verdict is written before it is acted on: a restarted operator
+            # resumes at the step the Agents are at, never a step behind.
+            await self._write_status(key, fleet, status, policy, now_or_never=True)
+        await self._apply(fleet, spec, hash_, decision)
+        requeue = None if recorded else await self._write_status(key, fleet, status, policy)
+        if progress is not None and progress.requeue is not None:
+            requeue = min(requeue or progress.requeue, progress.requeue)
         if spec.minReadySeconds and any(m.ready and not m.available for m in members):
             requeue = min(requeue or spec.minReadySeconds, float(spec.minReadySeconds))
         if resync is not None:
             requeue = min(requeue or resync, resync)
         return requeue
+
+    def _canary(
+        self,
+        fleet: FleetView,
+        spec: FleetSpec,
+        hash_: str,
+        current: FleetStatus,
+        members: list[rollout.Member],
+        now: datetime,
+    ) -> canary.Decision | None:
+        """The canary's step and verdict, for a Fleet whose strategy is Canary."""
+        if spec.strategy.type != "Canary" or spec.strategy.canary is None:
+            _forget_gauge(fleet.namespace, fleet.name)
+            return None
+        progress = canary.decide(
+            fleet.name,
+            spec,
+            hash_,
+            current.stableTemplateHash,
+            current.canary,
+            members,
+            self._template_counts(fleet, hash_),
+            fleet.annotations.get(canary.RETRY_ANNOTATION, ""),
+            now,
+        )
+        metrics.ROLLOUT_ABORTED.labels(fleet.namespace, fleet.name).set(int(progress.aborted))
+        return progress
+
+    def _template_counts(self, fleet: FleetView, hash_: str) -> canary.TemplateCounts | None:
+        """What the router counted for the template; None before the operator heard from it."""
+        figures = self.cache.router_figures.get((fleet.namespace, fleet.name))
+        if figures is None:
+            return None
+        for template in figures.templates:
+            if template.templateHash == hash_:
+                return canary.TemplateCounts(template.attempts, template.failures)
+        return canary.TemplateCounts(0, 0)
 
     def check_policy(
         self, fleet: FleetView, spec: FleetSpec
@@ -169,34 +254,37 @@ class FleetReconciler:
         self, fleet: FleetView, spec: FleetSpec, hash_: str, decision: rollout.Plan
     ) -> None:
         key = (fleet.namespace, fleet.name)
-        if decision.create:
-            self.expectations.expect(key, decision.create)
-            await self._bounded(
-                self.kube.create(agent_body(fleet, spec, n, hash_)) for n in decision.create
-            )
+        bodies = [agent_body(fleet, spec, n, hash_) for n in decision.create]
+        bodies += self._restored(fleet, decision.restore)
+        if bodies:
+            self.expectations.expect(key, [b["metadata"]["name"] for b in bodies])
+            await self._bounded(self.kube.create(body) for body in bodies)
         if decision.delete:
             await self._bounded(
                 self.kube.delete("Agent", fleet.namespace, n) for n in decision.delete
             )
-        if decision.create or decision.delete:
+        if decision.create or decision.restore or decision.delete:
             log.info(
                 "scaled fleet",
                 extra={
                     "namespace": fleet.namespace,
                     "fleet": fleet.name,
-                    "agentsCreated": len(decision.create),
+                    "agentsCreated": len(decision.create) + len(decision.restore),
                     "agentsDeleted": len(decision.delete),
                 },
             )
             parts = []
             if decision.create:
                 parts.append(f"created {len(decision.create)} agent(s)")
+            if decision.restore:
+                parts.append(f"restored {len(decision.restore)} agent(s) of the old template")
             if decision.delete:
                 parts.append(f"deleted {len(decision.delete)} agent(s)")
+            grew = decision.create or decision.restore
             reason = (
                 "ScaledUp"
-                if decision.create and not decision.delete
-                else ("ScaledDown" if not decision.create else "RollingUpdate")
+                if grew and not decision.delete
+                else ("ScaledDown" if not grew else "RollingUpdate")
             )
             await self.kube.event(
                 involved("Fleet", fleet.namespace, fleet.name, fleet.uid),
@@ -204,6 +292,29 @@ class FleetReconciler:
                 reason,
                 "; ".join(parts),
             )
+
+    def _restored(self, fleet: FleetView, names: tuple[str, ...]) -> list[dict[str, Any]]:
+        if not names:
+            return []
+        hashes = {n.rsplit("-", 2)[-2] for n in names}
+        sources: dict[str, AgentView] = {}
+        for member in self.cache.agents_of(fleet.namespace, fleet.name):
+            prefix = member.template_hash[:5]
+            view = self.cache.agent(fleet.namespace, member.name)
+            if prefix in hashes and view is not None and view.spec and not view.deleting:
+                sources.setdefault(prefix, view)
+        bodies = []
+        for name in names:
+            source = sources.get(name.rsplit("-", 2)[-2])
+            if source is None:
+                # Every Agent of the old template is gone: nothing to copy it from.
+                log.warning(
+                    "cannot restore an agent of the old template: none is left to copy",
+                    extra={"namespace": fleet.namespace, "fleet": fleet.name, "agent": name},
+                )
+                continue
+            bodies.append(restored_agent_body(fleet, source, name))
+        return bodies
 
     async def _bounded(self, calls: Any) -> None:
         async def one(call: Any) -> Any:
@@ -216,15 +327,22 @@ class FleetReconciler:
             raise errors[0]
 
     async def _write_status(
-        self, key: Key, fleet: FleetView, status: FleetStatus, policy: compliance.Compliance
+        self,
+        key: Key,
+        fleet: FleetView,
+        status: FleetStatus,
+        policy: compliance.Compliance,
+        now_or_never: bool = False,
     ) -> float | None:
+        """Write status when it changed, at most once per STATUS_INTERVAL unless
+        ``now_or_never`` (a decision that must be on record before it is carried out)."""
         new = status.model_dump(mode="json", exclude_none=True)
         current = FleetStatus.model_validate(fleet.status or {})
         old = current.model_dump(mode="json", exclude_none=True)
         if new == old:
             return None
         wait = self._last_status_write.get(key, 0.0) + STATUS_INTERVAL - time.monotonic()
-        if wait > 0:
+        if wait > 0 and not now_or_never:
             return wait  # batch: look again when the interval has passed
         await self.kube.patch_status(
             "Fleet", fleet.namespace, fleet.name, new, fleet.resource_version
@@ -234,6 +352,7 @@ class FleetReconciler:
         condition = compliance.changed(current.conditions, status.conditions)
         if condition is not None:
             await announce(self.kube, who, condition, policy)
+        await self._announce_canary(who, current, status)
         halted = transitioned(current.conditions, status.conditions, c.HALTED)
         if halted is not None:
             warning = halted.status == "True"
@@ -244,6 +363,30 @@ class FleetReconciler:
                 halted.message if warning else "the sentinel no longer halts dispatch",
             )
         return None
+
+    async def _announce_canary(
+        self, who: dict[str, Any], before: FleetStatus, after: FleetStatus
+    ) -> None:
+        """One Event per canary step, promotion and abort."""
+        old, new = before.canary, after.canary
+        if new is None or (
+            old is not None
+            and (old.templateHash, old.retry, old.step, old.phase == "Aborted")
+            == (new.templateHash, new.retry, new.step, new.phase == "Aborted")
+            and (old.phase == "Promoted") == (new.phase == "Promoted")
+        ):
+            return
+        if new.phase == "Aborted":
+            await self.kube.event(who, "Warning", c.ROLLOUT_ABORTED, new.message)
+        elif new.phase == "Promoted":
+            await self.kube.event(who, "Normal", "RolloutPromoted", new.message)
+        else:
+            await self.kube.event(
+                who,
+                "Normal",
+                c.CANARY_STEP,
+                f"canary of template {new.templateHash[:5]}: {new.message}",
+            )
 
     async def _invalid(self, fleet: FleetView, err: ValidationError) -> None:
         message = describe_error(err)

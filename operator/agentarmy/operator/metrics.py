@@ -62,3 +62,9 @@ ADMISSION_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
     registry=REGISTRY,
 )
+ROLLOUT_ABORTED = Gauge(
+    "agentarmy_operator_rollout_aborted",
+    "1 while a Fleet's canary rollout is aborted (the new template failed its error bound).",
+    ["namespace", "fleet"],
+    registry=REGISTRY,
+)

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from agentarmy.api import conditions as c
 from agentarmy.api.common import Condition, parse_int_or_percent, set_condition
-from agentarmy.api.fleet import FleetSpec, FleetStatus
+from agentarmy.api.fleet import CanaryStatus, FleetSpec, FleetStatus
 from agentarmy.api.wire import Halt
 from agentarmy.operator.compliance import Compliance
 
@@ -33,6 +33,8 @@ class Member:
 class Plan:
     create: tuple[str, ...]
     delete: tuple[str, ...]
+    restore: tuple[str, ...] = ()
+    """Agents to create on an older template (a canary rolling back), not spec.template."""
 
 
 def rollout_bounds(spec: FleetSpec) -> tuple[int, int]:
@@ -104,6 +106,50 @@ def plan(
     return Plan(_new_names(fleet, template_hash, to_create, taken_names), tuple(deletes))
 
 
+def plan_targets(
+    fleet: str,
+    spec: FleetSpec,
+    template_hash: str,
+    targets: dict[str, int],
+    members: Sequence[Member],
+    taken_names: set[str],
+) -> Plan:
+    """Move toward ``targets`` Agents per template (others to zero) within the rolling
+    bounds: create up to replicas + maxSurge in total (more only if the targets add up to
+    more), and delete only while replicas - maxUnavailable stay available. Templates are
+    served in the order of ``targets``: a canary names the one it grows first."""
+    surge, max_unavailable = rollout_bounds(spec)
+    ceiling = max(spec.replicas + surge, sum(targets.values()))
+    room = max(0, ceiling - len(members))
+    create: list[str] = []
+    restore: list[str] = []
+    taken = set(taken_names)
+    for hash_, wanted in targets.items():
+        have = sum(m.template_hash == hash_ for m in members)
+        count = min(room, max(0, wanted - have))
+        if count == 0:
+            continue
+        names = _new_names(fleet, hash_, count, taken)
+        taken.update(names)
+        room -= count
+        (create if hash_ == template_hash else restore).extend(names)
+
+    surplus: list[Member] = []
+    for hash_ in {m.template_hash for m in members}:
+        mine = [m for m in members if m.template_hash == hash_]
+        extra = len(mine) - targets.get(hash_, 0)
+        surplus += least_useful_first(mine)[: max(0, extra)]
+    surplus_names = {m.name for m in surplus}
+    min_available = spec.replicas - max_unavailable
+    available = sum(m.available for m in members)
+    kept_unavailable = sum(not m.available for m in members if m.name not in surplus_names)
+    budget = len(members) - min_available - kept_unavailable
+    deletes = [m.name for m in surplus if not m.available][: max(0, budget)]
+    room_available = min(budget - len(deletes), available - min_available)
+    deletes += [m.name for m in surplus if m.available][: max(0, room_available)]
+    return Plan(tuple(create), tuple(deletes), tuple(restore))
+
+
 def within_policy(spec: FleetSpec, existing: int, replica_limit: int | None) -> FleetSpec:
     """The spec to plan with under an enforced replica limit: never grow past the limit,
     never shrink because of it (Agents that run keep running; see compliance.py)."""
@@ -145,6 +191,42 @@ def halted_condition(
     return conditions
 
 
+def canary_conditions(
+    conditions: list[Condition],
+    canary: CanaryStatus | None,
+    template_hash: str,
+    complete: bool,
+    generation: int,
+) -> list[Condition]:
+    """A canary of the current template says where it is (Progressing) or that it was
+    aborted (Progressing=False and Stalled=True: kstatus and Argo CD read it as failed)."""
+    if canary is None or canary.templateHash != template_hash:
+        return _not_stalled(conditions, generation)
+    if canary.phase == "Aborted":
+        for type_ in (c.PROGRESSING, c.STALLED):
+            status = "False" if type_ == c.PROGRESSING else "True"
+            conditions = set_condition(
+                conditions, type_, status, c.ROLLOUT_ABORTED, canary.message, generation
+            )
+        return set_condition(
+            conditions, c.RECONCILING, "False", c.ROLLOUT_ABORTED, canary.message, generation
+        )
+    if not complete and canary.phase != "Promoted":
+        for type_ in (c.PROGRESSING, c.RECONCILING):
+            conditions = set_condition(
+                conditions, type_, "True", c.CANARY_STEP, canary.message, generation
+            )
+    return _not_stalled(conditions, generation)
+
+
+def _not_stalled(conditions: list[Condition], generation: int) -> list[Condition]:
+    if any(existing.type == c.STALLED for existing in conditions):
+        return set_condition(
+            conditions, c.STALLED, "False", c.RECONCILED, "the rollout is not stuck", generation
+        )
+    return conditions
+
+
 def fleet_status(
     spec: FleetSpec,
     current: FleetStatus,
@@ -154,6 +236,7 @@ def fleet_status(
     members: Sequence[Member],
     policy: Compliance | None = None,
     halt: Halt | None = None,
+    canary: CanaryStatus | None = None,
 ) -> FleetStatus:
     replicas = spec.replicas
     ready = sum(m.ready for m in members)
@@ -211,6 +294,7 @@ def fleet_status(
         )
         conditions = set_condition(conditions, c.PROGRESSING, "True", reason, message, generation)
         conditions = set_condition(conditions, c.RECONCILING, "True", reason, message, generation)
+    conditions = canary_conditions(conditions, canary, template_hash, complete, generation)
     held = policy is not None and (
         policy.blocked or (policy.replica_limit is not None and replicas > policy.replica_limit)
     )
@@ -222,8 +306,13 @@ def fleet_status(
             )
         conditions = policy.condition(conditions, generation)
     conditions = halted_condition(conditions, halt, generation)
+    aborted = (
+        canary is not None and canary.phase == "Aborted" and canary.templateHash == template_hash
+    )
     if halt is not None:
         phase = "Halted"
+    elif aborted:
+        phase = "Degraded"
     elif complete:
         phase = c.AVAILABLE
     elif available < replicas - max_unavailable and updated == len(members) == replicas:
@@ -241,4 +330,6 @@ def fleet_status(
         observedGeneration=generation,
         conditions=conditions,
         queueDepth=current.queueDepth,
+        stableTemplateHash=template_hash if complete else current.stableTemplateHash,
+        canary=canary,
     )

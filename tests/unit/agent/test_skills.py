@@ -105,6 +105,18 @@ async def test_test_skill_fails_on_request() -> None:
     assert not error.value.retryable
 
 
+async def test_test_skill_fails_every_task_of_a_broken_template(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (skill,) = load_skills(settings(capabilities=["test"])).values()
+    monkeypatch.setenv("TEST_SKILL_FAIL", "template v2 is broken")
+    with pytest.raises(SkillFailed, match="template v2 is broken") as error:
+        await skill.run(context({}, settings(capabilities=["test"])))
+    assert error.value.retryable  # another agent (of the old template) may run it
+    monkeypatch.delenv("TEST_SKILL_FAIL")
+    assert (await skill.run(context({}, settings(capabilities=["test"])))).output["attempt"] == 1
+
+
 @pytest.mark.parametrize(
     ("url", "allowed"),
     [
