@@ -4,6 +4,7 @@ the whole session (or uses AGENTARMY_KUBECONFIG, e.g. a kind cluster)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,3 +42,28 @@ def namespace(cluster: DevCluster | ExistingCluster) -> Iterator[str]:
     cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", name, "--timeout=60s")
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def agent_image() -> Path:
+    """hack/build-image's folder (oci/, rootfs/, image.json), built now if its inputs changed.
+
+    Building (mmdebstrap, buildah) and running the image (chroot) need root: without it
+    the test fails naming the reason rather than skipping, so the image is never untested.
+    """
+    if os.geteuid() != 0:
+        pytest.fail(
+            "the agentarmy image tests need root: hack/build-image runs mmdebstrap and "
+            "buildah (chroot isolation), and the pod runner chroots into the image",
+            pytrace=False,
+        )
+    built = subprocess.run(
+        [str(REPO / "hack" / "build-image")],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if built.returncode != 0:
+        pytest.fail(f"hack/build-image failed:\n{built.stderr[-4000:]}", pytrace=False)
+    return Path(built.stdout.strip().splitlines()[-1])

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -62,6 +65,18 @@ def status_of(cluster: Any, stack: Stack, name: str) -> dict[str, Any]:
         "status", {}
     )
     return status
+
+
+def wait_canary(cluster: Any, stack: Stack, name: str, phase: str, timeout: float) -> None:
+    """Wait for status.canary.phase; on a timeout, say where the canary stood."""
+    last: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        last = status_of(cluster, stack, name).get("canary") or {}
+        if last.get("phase") == phase:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"fleet {name}: no canary phase {phase} after {timeout}s: {last}")
 
 
 def agents_by_template(cluster: Any, stack: Stack, name: str) -> dict[str, int]:
@@ -133,6 +148,16 @@ class Traffic:
         return asyncio.run(read())
 
 
+def armyctl(cluster: Any, stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agentarmy.cli.main", *args, "-n", stack.namespace],
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
 def events(cluster: Any, stack: Stack, name: str, reason: str) -> list[dict[str, Any]]:
     listed = get_json(
         cluster,
@@ -152,11 +177,7 @@ def test_a_failing_template_is_aborted_at_the_first_step_and_nothing_is_lost(
     stable = rolled_out(cluster, stack, "broken")
     with Traffic(stack, "broken") as traffic:
         apply(cluster, stack.namespace, fleet("broken", "2", broken=True))
-        wait_for(
-            lambda: (status_of(cluster, stack, "broken").get("canary") or {}).get("phase")
-            == "Aborted",
-            90,
-        )
+        wait_canary(cluster, stack, "broken", "Aborted", 90)
         status = status_of(cluster, stack, "broken")
         canary = status["canary"]
         assert (canary["step"], canary["weight"]) == (0, 25)
@@ -180,6 +201,26 @@ def test_a_failing_template_is_aborted_at_the_first_step_and_nothing_is_lost(
     time.sleep(4)
     assert status_of(cluster, stack, "broken")["canary"]["phase"] == "Aborted"
     assert agents_by_template(cluster, stack, "broken") == {stable: REPLICAS}
+    followed = armyctl(cluster, stack, "rollout", "status", "fleet/broken")
+    assert followed.returncode == 1 and "rollout aborted" in followed.stderr, followed
+
+    # A person retries: the canary starts over from a clean count, and (still broken)
+    # is aborted again.
+    first_abort = status_of(cluster, stack, "broken")["canary"]
+    retried = armyctl(cluster, stack, "rollout", "retry", "fleet/broken")
+    assert retried.returncode == 0, retried
+    with Traffic(stack, "broken") as traffic:
+        wait_for(
+            lambda: (
+                (status_of(cluster, stack, "broken")["canary"]).get("retry")
+                not in ("", None, first_abort.get("retry"))
+            ),
+            30,
+        )
+        wait_canary(cluster, stack, "broken", "Aborted", 90)
+    again = status_of(cluster, stack, "broken")["canary"]
+    assert again["baselineTasks"] >= first_abort["baselineTasks"] + first_abort["tasks"]
+    assert traffic.outcomes() == {"Succeeded": len(traffic.ids)}
 
 
 def test_a_healthy_canary_walks_every_step_to_100_percent(cluster: Any, stack: Stack) -> None:
@@ -203,6 +244,8 @@ def test_a_healthy_canary_walks_every_step_to_100_percent(cluster: Any, stack: S
     assert events(cluster, stack, "healthy", "RolloutPromoted")
     conditions = {c["type"]: c for c in status_of(cluster, stack, "healthy")["conditions"]}
     assert conditions["Progressing"]["reason"] == "RolloutComplete"
+    followed = armyctl(cluster, stack, "rollout", "status", "fleet/healthy", "--timeout", "30")
+    assert followed.returncode == 0 and "successfully rolled out" in followed.stdout, followed
 
 
 def test_too_few_tasks_mean_waiting_not_a_verdict(cluster: Any, stack: Stack) -> None:
@@ -210,11 +253,7 @@ def test_too_few_tasks_mean_waiting_not_a_verdict(cluster: Any, stack: Stack) ->
     rolled_out(cluster, stack, "quiet")
     apply(cluster, stack.namespace, fleet("quiet", "2", broken=True, minTasks=50))
 
-    def waiting() -> bool:
-        canary = status_of(cluster, stack, "quiet").get("canary") or {}
-        return canary.get("phase") == "WaitingForTasks"
-
-    wait_for(waiting, 60)
+    wait_canary(cluster, stack, "quiet", "WaitingForTasks", 60)
     canary = status_of(cluster, stack, "quiet")["canary"]
     assert canary["step"] == 0 and canary["errorRate"] == ""
     assert "waiting for 50 more task(s)" in canary["message"]
@@ -226,9 +265,7 @@ def test_too_few_tasks_mean_waiting_not_a_verdict(cluster: Any, stack: Stack) ->
     assert status_of(cluster, stack, "quiet")["canary"]["step"] == 0
 
 
-def test_an_operator_killed_mid_canary_resumes_at_the_same_step(
-    cluster: Any, stack: Stack
-) -> None:
+def test_an_operator_killed_mid_canary_resumes_at_the_same_step(cluster: Any, stack: Stack) -> None:
     apply(cluster, stack.namespace, fleet("restart", "1"))
     stable = rolled_out(cluster, stack, "restart")
     slow = {"steps": [{"weight": 25, "pause": "2s"}, {"weight": 50, "pause": "1h"}]}

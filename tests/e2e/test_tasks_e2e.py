@@ -102,6 +102,16 @@ def router_task(stack: Stack, task_id: str) -> wire.Task:
     return asyncio.run(get())
 
 
+def router_tree(stack: Stack, task_id: str) -> list[wire.Task]:
+    """The task and its descendants, depth first (GET /v1/tasks/{id}/tree)."""
+
+    async def get() -> list[wire.Task]:
+        async with RouterClient(stack.router_url, stack.admin_token) as admin:
+            return (await admin.tree(task_id)).tasks
+
+    return asyncio.run(get())
+
+
 def conditions(obj: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
     return {
         c["type"]: (c["status"], c["reason"], c.get("message", ""))

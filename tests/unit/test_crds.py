@@ -25,7 +25,8 @@ def test_committed_crd_is_fresh(resource: Any) -> None:
 @pytest.mark.parametrize("resource", RESOURCES, ids=lambda r: r.kind)
 def test_helm_chart_crd_is_fresh(resource: Any) -> None:
     committed = (crdgen.helm_chart_crds() / f"{resource.crd_name}.yaml").read_text()
-    assert committed == crdgen.render(resource), "helm/agentarmy/crds is stale: run `armyctl crds`"
+    stale = "helm/agentarmy/files/crds is stale: run `armyctl crds`"
+    assert committed == crdgen.render(resource), stale
 
 
 def test_no_stray_crd_files() -> None:

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from agentarmy.agent.settings import AgentSettings
 from agentarmy.agent.skills import (
     ApprovalAsk,
+    ChildrenAsk,
     Parked,
     Skill,
     SkillFailed,
@@ -223,6 +224,7 @@ class AgentRuntime:
 
     async def _run_skill(self, lease: wire.Lease) -> wire.TaskResult | None:
         """The attempt's result; None when the task was parked (the router holds it)."""
+
         def failed(
             error: str, retryable: bool = True, refused_by: wire.RefusedBy | None = None
         ) -> wire.TaskResult:
@@ -251,6 +253,7 @@ class AgentRuntime:
             checkpoints=_LeaseCheckpoints(self.client, self.settings, lease),
             approval=lease.approval,
             checkpoint=lease.checkpoint,
+            children=lease.children,
         )
         timeout = max(0.001, lease.deadlineAt - time.time())
         try:
@@ -258,8 +261,8 @@ class AgentRuntime:
                 outcome = await skill.run(context)
         except TimeoutError:
             return failed(f"skill {skill.name} timed out after {timeout:.1f}s")
-        except Parked:
-            log.info("task %s waits for a person's approval; lease given back", lease.taskId)
+        except Parked as parked:
+            log.info("task %s waits for %s; lease given back", lease.taskId, parked)
             return None
         except SkillFailed as error:
             return failed(str(error) or "skill failed", error.retryable, error.refused_by)
@@ -463,4 +466,34 @@ class _LeaseCheckpoints:
                 f"could not ask for approval of {request.tool}: {error.message}",
                 retryable=error.status >= 500 or error.status == 409,
             ) from error
-        raise Parked(request.tool)
+        raise Parked(f"a person's approval of {request.tool}")
+
+    async def wait_for(self, request: ChildrenAsk) -> NoReturn:
+        ask = wire.ChildrenRequest(
+            attempt=self.lease.attempt,
+            tasks=request.tasks,
+            join=request.join,
+            checkpoint=request.checkpoint,
+        )
+        failures = 0
+        while True:
+            try:
+                await self.client.spawn_children(
+                    self.settings.namespace, self.settings.name, self.lease, ask
+                )
+                break
+            except RouterError as error:
+                if error.status == 409:
+                    # Our lease is gone: most likely an earlier try of this call parked the
+                    # task (its answer was lost); else nothing this attempt reports counts.
+                    break
+                if error.status < 500:
+                    raise SkillFailed(  # 429: the fleet's rate limit; a later attempt may pass
+                        f"could not start children: {error.message}",
+                        retryable=error.status == 429,
+                    ) from error
+            except TRANSIENT:
+                pass  # the router restarts: the same call again is safe (idempotent children)
+            failures += 1
+            await asyncio.sleep(RETRY_SECONDS[min(failures - 1, len(RETRY_SECONDS) - 1)])
+        raise Parked(f"{len(request.tasks)} children ({request.join})")

@@ -4,7 +4,8 @@ pydantic emits JSON Schema 2020-12; the API server wants a *structural*
 OpenAPI v3 schema: no $ref, no anyOf for optional fields, no titles, boolean
 exclusive bounds, and int-or-string marked with its extension. This module
 does that translation and nothing else. Run ``armyctl crds`` (or
-``python -m agentarmy.api.crdgen``) to rewrite ``crds/``.
+``python -m agentarmy.api.crdgen``) to rewrite ``crds/``, the chart's copy and
+``docs/reference.md`` (agentarmy.api.docgen).
 """
 
 from __future__ import annotations
@@ -188,8 +189,9 @@ def default_output() -> Path:
 
 
 def helm_chart_crds() -> Path:
-    """Helm installs CRDs from the chart's own crds/ folder: a generated copy."""
-    return Path(__file__).resolve().parents[3] / "helm" / "agentarmy" / "crds"
+    """A generated copy the chart renders as templates (templates/crds.yaml), so
+    `helm upgrade` updates the CRDs, which Helm never does for a chart's crds/ folder."""
+    return Path(__file__).resolve().parents[3] / "helm" / "agentarmy" / "files" / "crds"
 
 
 def render_kustomization() -> str:
@@ -230,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for path in write(args.output) + write_helm_copies(helm_chart_crds()):
         print(f"wrote {path}")
+    # The field reference is made of the same schemas (docgen imports this module).
+    from agentarmy.api import docgen
+
+    print(f"wrote {docgen.write(docgen.default_output())}")
     return 0
 
 

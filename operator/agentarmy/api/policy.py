@@ -133,7 +133,8 @@ class PolicyRules(Model):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     approvals: ApprovalSettings | None = Field(
-        default=None, description="Timeout and outcome of approvals (default: 1h, reject, continue)."
+        default=None,
+        description="Timeout and outcome of approvals (default: 1h, reject, continue).",
     )
     sentinel: SentinelBounds | None = Field(default=None, description="Bounds that halt a fleet.")
     egress: EgressRule | None = Field(default=None, description="Egress allow-list for agent pods.")

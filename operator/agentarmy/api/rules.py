@@ -60,6 +60,19 @@ class FleetRules(Request):
     approvalTimeoutSeconds: RuleLimit | None = None
     onRejection: OnRejection = "continue"
     sentinel: SentinelRule = Field(default_factory=SentinelRule)
+    maxTaskDepth: RuleLimit | None = Field(
+        default=None, description="Deepest task tree the fleet's tasks may grow (root: 0)."
+    )
+    maxChildrenPerWait: RuleLimit | None = Field(
+        default=None, description="Most children one task may start in one wait."
+    )
+    canaryTemplateHash: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The template a canary rollout is judging. Dispatch gives its agents "
+        "their share of tasks whatever their record (no score, no breaker), so the verdict "
+        "gets its evidence; the operator aborts the canary if it errs too often.",
+    )
 
 
 def _last_entry_per_fleet(fleets: list[FleetRules]) -> list[FleetRules]:

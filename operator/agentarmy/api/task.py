@@ -22,6 +22,7 @@ TaskPhase = Literal[
     "Queued",
     "Running",
     "AwaitingApproval",
+    "WaitingForChildren",
     "Succeeded",
     "Failed",
     "DeadLettered",

@@ -141,6 +141,42 @@ class Approval(Model):
     decisionReason: str = ""
 
 
+JoinMode = Literal["all", "failFast"]
+"""all: resume once every child has ended; failFast: also at the first child that did not
+succeed (its unfinished siblings are cancelled)."""
+MAX_DEPTH = 8
+"""Default bound on a task tree's depth (a root is 0); a fleet's Policy may lower it."""
+MAX_CHILDREN = MAX_BATCH
+"""Default bound on the children one wait may start; a fleet's Policy may lower it."""
+
+
+class Join(Model):
+    """A parent's wait for the children it started in one attempt (``round``)."""
+
+    round: int = Field(ge=1, description="The parent's attempt that started the children.")
+    mode: JoinMode
+    children: int = Field(ge=0, description="Children started in this round.")
+    waitingSince: float
+    resumedAt: float | None = Field(default=None, description="When the join released it.")
+    succeeded: int = Field(default=0, description="Children that succeeded (set at the join).")
+    failed: int = Field(
+        default=0, description="Children that failed, dead-lettered or were cancelled."
+    )
+    reason: str = Field(default="", description="Why it resumed: allEnded or childFailed.")
+
+
+class ChildOutcome(Model):
+    """One child of the last join, as the resumed parent's lease carries it."""
+
+    taskId: str
+    fleet: str
+    capability: str
+    phase: TaskPhase
+    input: FreeForm = Field(default_factory=dict)
+    result: FreeForm | None = None
+    error: str = ""
+
+
 class Task(Model):
     """A task as the router stores and reports it."""
 
@@ -172,6 +208,11 @@ class Task(Model):
     finishedAt: float | None = None
     approval: Approval | None = Field(default=None, description="The last approval asked for.")
     checkpoint: FreeForm | None = Field(default=None, description=CHECKPOINT_NOTE)
+    depth: int = Field(default=0, ge=0, description="0 for a root; a child is its parent's + 1.")
+    joinRound: int | None = Field(
+        default=None, description="For a child a parent waits for: the parent's join round."
+    )
+    join: Join | None = Field(default=None, description="The last wait for children, if any.")
 
 
 class SubmitResponse(Model):
@@ -262,6 +303,9 @@ class Lease(_LeaseFields):
         default=None, description="The approval this task waited for, decided (on a resume)."
     )
     checkpoint: FreeForm | None = Field(default=None, description=CHECKPOINT_NOTE)
+    children: list[ChildOutcome] | None = Field(
+        default=None, description="On a resume after a join: the children, in start order."
+    )
 
 
 class RefusedBy(Request):
@@ -360,6 +404,10 @@ class SubtaskRequest(AttemptRequest):
     task: SubmitTask
 
 
+BreakerState = Literal["closed", "open", "half-open"]
+"""An agent's circuit breaker in the router (see router/scoring.py)."""
+
+
 class AgentStats(Model):
     name: str
     ready: bool
@@ -369,6 +417,21 @@ class AgentStats(Model):
     succeeded: int
     failed: int
     lastHeartbeat: float
+    score: float = Field(
+        default=1.0,
+        description="Routing weight in (0, 1] from recent results, relative to the fleet "
+        "(1: nothing against the agent). Soft state of the router replica that answers.",
+    )
+    successRate: float = Field(
+        default=1.0, description="Decayed share of the agent's recent attempts that succeeded."
+    )
+    latencySeconds: float = Field(
+        default=0.0, description="Decayed mean duration of its successful attempts (0: none)."
+    )
+    breaker: BreakerState = Field(
+        default="closed",
+        description="Circuit breaker: open gives the agent no new task; half-open one probe.",
+    )
 
 
 class TemplateStats(Model):
@@ -394,6 +457,32 @@ class Halt(Model):
 
 class HaltList(Model):
     halts: list[Halt]
+
+
+class ChildrenRequest(AttemptRequest):
+    """From the agent holding the lease: start these children and park the task until they
+    end (the lease ends; the task resumes on any agent of its fleet with their results)."""
+
+    tasks: list[SubmitTask] = Field(min_length=1, max_length=MAX_CHILDREN)
+    join: JoinMode = "all"
+    checkpoint: FreeForm = Field(default_factory=dict, description=CHECKPOINT_NOTE)
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _bounded(cls, value: FreeForm) -> FreeForm | None:
+        return _check_json_size(value, "checkpoint")
+
+
+class ChildrenResponse(Model):
+    parent: Task = Field(description="The parent, now WaitingForChildren (or resumed).")
+    children: list[Task]
+
+
+class TaskTree(Model):
+    """A task and its descendants, depth first, each with its depth below the root asked."""
+
+    tasks: list[Task]
+    truncated: bool = Field(default=False, description="More descendants than one answer holds.")
 
 
 class ApprovalRequest(AttemptRequest):
@@ -425,8 +514,8 @@ class DecisionRequest(Request):
 
 
 class RejectRequest(Request):
-    reason: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"\S")] = (
-        Field(description="Why: the model and the record see it.")
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"\S")] = Field(
+        description="Why: the model and the record see it."
     )
 
 
@@ -454,6 +543,9 @@ class FleetStats(Model):
     deadLettered: int
     cancelled: int
     awaitingApproval: int = Field(default=0, description="Tasks parked until a person decides.")
+    waitingForChildren: int = Field(
+        default=0, description="Parents parked until their children end (they hold no lease)."
+    )
     agents: list[AgentStats]
     templates: list[TemplateStats]
     halt: Halt | None = Field(default=None, description="Set while the sentinel halts dispatch.")
@@ -462,6 +554,16 @@ class FleetStats(Model):
 class Stats(Model):
     generatedAt: float
     fleets: list[FleetStats]
+
+
+class StatsWatch(Model):
+    """``GET /v1/stats/watch``: the figures once they differ from the caller's token."""
+
+    token: str = Field(
+        description="Digest of the figures the operator acts on; send it back as `since`."
+    )
+    changed: bool = Field(description="False when the timeout ran out with nothing changed.")
+    stats: Stats | None = Field(default=None, description="The figures, when they changed.")
 
 
 class ErrorDetail(Model):

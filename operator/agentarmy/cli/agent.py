@@ -54,6 +54,12 @@ def _register_router(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     parser.add_argument("--retry-backoff", default="1s", help="first retry delay (doubles)")
     parser.add_argument("--retry-backoff-max", default="5m")
     parser.add_argument("--reap-interval", default="500ms")
+    parser.add_argument(
+        "--routing",
+        choices=["results", "least-loaded"],
+        help="results: prefer agents that have been succeeding, with circuit breakers; "
+        "least-loaded: ignore outcomes (default: env AGENTARMY_ROUTING, else results)",
+    )
     parser.add_argument("--tls-cert-file")
     parser.add_argument("--tls-key-file")
     parser.add_argument("--log-level", default="INFO")
@@ -65,9 +71,15 @@ def _register_router(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
 def _run_router(args: argparse.Namespace) -> int:
     from agentarmy.logs import configure_json_logging
     from agentarmy.router.auth import KubeAccess
+    from agentarmy.router.scoring import mode_from_env
     from agentarmy.router.server import RouterConfig, serve
 
     configure_json_logging(args.log_level)
+    try:
+        routing = args.routing or mode_from_env(os.environ)
+    except ValueError as error:
+        print(f"armyctl router: {error}")
+        return 2
     host, _, port = args.listen.rpartition(":")
     kube = None
     if args.kube_server:
@@ -91,6 +103,7 @@ def _run_router(args: argparse.Namespace) -> int:
         retry_base_seconds=parse_duration(args.retry_backoff),
         retry_cap_seconds=parse_duration(args.retry_backoff_max),
         reap_interval=parse_duration(args.reap_interval),
+        routing=routing,
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file,
         loop=args.loop,

@@ -8,6 +8,8 @@ from agentarmy.api import crdgen
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("crds", help="regenerate the CRD YAML from the pydantic models")
+    parser = sub.add_parser(
+        "crds", help="regenerate the CRD YAML and docs/reference.md from the pydantic models"
+    )
     parser.add_argument("--output", default=str(crdgen.default_output()))
     parser.set_defaults(handler=lambda args: crdgen.main(["--output", args.output]))

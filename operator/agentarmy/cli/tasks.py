@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cancel = router_command(sub, "cancel", "cancel a task", _cancel)
     cancel.add_argument("task_id")
 
+    tree = router_command(sub, "tree", "show a task and its descendants (fan-out)", _tree)
+    tree.add_argument("task_id")
+    tree.add_argument("--limit", type=int, default=1000)
+
 
 def router_command(
     sub: argparse._SubParsersAction,  # type: ignore[type-arg]
@@ -74,6 +78,15 @@ def router_command(
     parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
     parser.set_defaults(handler=lambda args: _run(run, args))
     return parser
+
+
+def print_table(rows: Sequence[Sequence[str]]) -> None:
+    """Columns padded to their widest cell, like kubectl get (the first row is the header)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 def _run(
@@ -161,11 +174,7 @@ async def _list(client: RouterClient, args: argparse.Namespace) -> int:
                 _age(now - task.createdAt),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    print_table(rows)
     return 0
 
 
@@ -178,6 +187,39 @@ async def _wait(client: RouterClient, args: argparse.Namespace) -> int:
 async def _cancel(client: RouterClient, args: argparse.Namespace) -> int:
     task = await client.cancel(args.task_id)
     _show(args, task, f"{task.id} {task.phase.lower()}")
+    return 0
+
+
+async def _tree(client: RouterClient, args: argparse.Namespace) -> int:
+    tree = await client.tree(args.task_id, args.limit)
+    if args.output == "json":
+        print(tree.model_dump_json(indent=2))
+        return 0
+    root_depth = tree.tasks[0].depth if tree.tasks else 0
+    rows = [("TASK", "FLEET", "CAPABILITY", "PHASE", "ATTEMPTS", "CREATED", "FINISHED", "TOOK")]
+    for task in tree.tasks:
+        took = (
+            (task.finishedAt - task.createdAt) if task.finishedAt else time.time() - task.createdAt
+        )
+        waiting = ""
+        if task.phase == "WaitingForChildren" and task.join is not None:
+            waiting = f" ({task.join.children} children, {task.join.mode})"
+        rows.append(
+            (
+                "  " * (task.depth - root_depth) + task.id,
+                task.fleet,
+                task.capability,
+                task.phase + waiting,
+                str(task.attempt),
+                _time(task.createdAt),
+                _time(task.finishedAt) if task.finishedAt else "-",
+                f"{took:.1f}s",
+            )
+        )
+    print_table(rows)
+    if tree.truncated:
+        print(f"(more descendants than --limit {args.limit})")
+    print(f"trace {tree.tasks[0].traceId}" if tree.tasks else "")
     return 0
 
 

@@ -21,12 +21,15 @@ from pathlib import Path
 
 from agentarmy.api import crdgen, wire
 from agentarmy.devcluster.cluster import DevCluster
-from agentarmy.devcluster.stack import local_stack, wait_for_agents
+from agentarmy.devcluster.coldstart import cold_fleet, first_result
+from agentarmy.devcluster.stack import Stack, local_stack, wait_for_agents
 from agentarmy.router.client import RouterClient
 
 REPO = Path(__file__).resolve().parents[3]
 FLEET_EXAMPLE = REPO / "manifests" / "examples" / "fleet-echo.yaml"
 POLICY_EXAMPLE = REPO / "manifests" / "examples" / "policy-baseline.yaml"
+PIPELINE_EXAMPLE = REPO / "manifests" / "examples" / "pipeline.yaml"
+PIPELINE_TASK = REPO / "manifests" / "examples" / "task-pipeline.yaml"
 NAMESPACE = "demo"
 
 
@@ -91,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                     stack.router_url, stack.client_token, stack.admin_token, args.tasks, agents=3
                 )
             )
+            code = _show_wake_from_zero(cluster, stack) or code
             code = _show_policy(cluster) or code
+            code = _show_pipeline(cluster) or code
             code = asyncio.run(_show_runtime_rules(stack.router_url, stack.admin_token)) or code
             if args.exit:
                 return code
@@ -100,6 +105,70 @@ def main(argv: list[str] | None = None) -> int:
                 while True:
                     time.sleep(3600)
             return code
+
+
+def _show_wake_from_zero(cluster: DevCluster, stack: Stack) -> int:
+    """A fleet the autoscaler took to zero wakes on its first task: the router's stats
+    watch tells the operator at once (not at the next stats poll)."""
+    cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=cold_fleet("sleepy"))
+    deadline = time.monotonic() + 60
+    while "sleepy" not in cluster.kubectl("get", "fleets", "-n", NAMESPACE).stdout:
+        if time.monotonic() > deadline:
+            say("fleet sleepy did not appear within 60 s")
+            return 1
+        time.sleep(0.2)
+    time.sleep(1)  # let the operator see it at zero
+    say("fleet sleepy idles at zero agents (autoscaling.minReplicas: 0); submitting one task")
+    print(cluster.kubectl("get", "fleet", "sleepy", "-n", NAMESPACE).stdout)
+    task, seconds = asyncio.run(
+        first_result(stack.router_url, stack.client_token, NAMESPACE, "sleepy")
+    )
+    say(f"submit -> first result on a cold fleet: {seconds:.2f}s ({task.phase}, {task.agent})")
+    events = cluster.kubectl(
+        "get",
+        "events",
+        "-n",
+        NAMESPACE,
+        "--field-selector",
+        "involvedObject.name=sleepy,reason=Autoscaled",
+        "-o",
+        "custom-columns=REASON:.reason,MESSAGE:.message",
+    )
+    print(events.stdout)
+    return 0 if task.phase == "Succeeded" else 1
+
+
+def _show_pipeline(cluster: DevCluster) -> int:
+    """A lead splits a text, three workers count words in parallel, a reducer adds up: the
+    lead's task waits in the router for its children, holding no agent slot."""
+    cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(PIPELINE_EXAMPLE))
+    say("applied manifests/examples/pipeline.yaml (fleets lead, workers, reducer)")
+    cluster.kubectl(
+        "wait",
+        "-n",
+        NAMESPACE,
+        "--for=condition=Available",
+        "fleet/lead",
+        "fleet/workers",
+        "fleet/reducer",
+        "--timeout=120s",
+    )
+    cluster.kubectl("apply", "-n", NAMESPACE, "-f", str(PIPELINE_TASK))
+    say("applied task-pipeline.yaml; kubectl wait --for=condition=Complete task/count-words")
+    waited = cluster.kubectl(
+        "wait",
+        "-n",
+        NAMESPACE,
+        "--for=condition=Complete",
+        "task/count-words",
+        "--timeout=120s",
+        check=False,
+    )
+    result = cluster.kubectl(
+        "get", "task", "count-words", "-n", NAMESPACE, "-o", "jsonpath={.status.result}"
+    )
+    print(f"result: {result.stdout}\n")
+    return waited.returncode
 
 
 def _show_policy(cluster: DevCluster) -> int:

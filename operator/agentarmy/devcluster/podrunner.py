@@ -10,7 +10,7 @@ the process (SIGTERM, SIGKILL after the grace period) when the pod goes away and
 reports an exit in the pod's status as a kubelet does for restartPolicy Never.
 
     python -m agentarmy.devcluster.podrunner --kubeconfig PATH [--log-dir DIR]
-        [--namespace NS ...] [--max-processes N]
+        [--namespace NS ...] [--max-processes N] [--rootfs DIR]
 
 Level-based: it lists and watches agent pods, adopts pods that were Running
 before it started, and lists again after a watch error. ``--namespace`` keeps
@@ -18,6 +18,11 @@ several runners (one per test) from running the same pod; ``--max-processes``
 bounds how many processes run at once (more pods wait for a free slot; 0 runs
 none), so a benchmark with 1000 agent pods can keep this small machine free.
 Children die with the runner (PR_SET_PDEATHSIG), also when it is SIGKILLed.
+
+``--rootfs`` (default: ``$AGENTARMY_POD_ROOTFS``) runs each command inside that
+unpacked image instead (``hack/build-image``'s ``rootfs/``): chrooted, as the
+pod's runAsUser, with its volumes mounted at their mount paths (see
+``podchroot``). It needs root.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from lightkube.models.core_v1 import Container
 from lightkube.operators import exists
 from lightkube.resources.core_v1 import Node, Pod, PodStatus
 
+from agentarmy.devcluster import podchroot
 from agentarmy.devcluster.cluster import _die_with_parent
 from agentarmy.devcluster.podenv import ObjectCache, PodConfigError, container_env, expand
 from agentarmy.devcluster.podvolumes import local_dir, materialize, mount_map, rewrite
@@ -55,6 +61,7 @@ KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 DEFAULT_GRACE_SECONDS = 30
 FIELD_MANAGER = "agentarmy-podrunner"
 RUNNER_LOG = "podrunner.log"
+ROOTFS_ENV = "AGENTARMY_POD_ROOTFS"
 TERMINATION_LOG_BYTES = 2048  # a kubelet's FallbackToLogsOnError keeps at most this much
 NODE_RELIST_SECONDS = 5.0
 
@@ -80,6 +87,8 @@ class RunnerConfig:
     namespaces: frozenset[str] = frozenset()
     max_processes: int | None = None
     shutdown_timeout: float = 10.0
+    rootfs: Path | None = None
+    """An unpacked image to run pod commands in (chroot); None: the host's venv."""
 
 
 @dataclass
@@ -261,6 +270,7 @@ class PodRunner:
                 log_dir=str(self.config.log_dir),
                 work_dir=str(self.work_dir),
                 max_processes=self.config.max_processes,
+                rootfs=str(self.config.rootfs) if self.config.rootfs else None,
             )
         events = self.client.watch(
             Pod,
@@ -422,20 +432,27 @@ class PodRunner:
             env = await container_env(pod, container, refs)
             mounts = mount_map(container, volumes)
             # a kubelet expands $(VAR) in command and args with the container's variables
-            argv = [
-                rewrite(expand(arg, env), mounts)
-                for arg in container.command + (container.args or [])
-            ]
-            cwd = Path(rewrite(container.workingDir, mounts)) if container.workingDir else pod_dir
-            if not cwd.is_dir():
+            args = [expand(arg, env) for arg in container.command + (container.args or [])]
+            if self.config.rootfs is not None:  # inside the image the mount paths are real
+                scratch = pod_dir / "root"
+                argv = podchroot.command(self.config.rootfs, scratch, pod, container, mounts, args)
+                process_env = podchroot.environment(env, name)
                 cwd = pod_dir
+            else:
+                argv = [rewrite(arg, mounts) for arg in args]
+                process_env = self._process_env(env, mounts)
+                cwd = (
+                    Path(rewrite(container.workingDir, mounts)) if container.workingDir else pod_dir
+                )
+                if not cwd.is_dir():
+                    cwd = pod_dir
             log_file = self.config.log_dir / f"{namespace}_{name}.log"
             with log_file.open("ab") as out:
                 offset = out.tell()
                 try:  # Popen, not asyncio's: only it takes preexec_fn; a fork is quick
                     popen = subprocess.Popen(  # noqa: ASYNC220
                         argv,
-                        env=self._process_env(env, mounts),
+                        env=process_env,
                         cwd=cwd,
                         stdin=subprocess.DEVNULL,
                         stdout=out,
@@ -661,6 +678,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run at most N processes; other pods wait (0: run none)",
     )
     parser.add_argument(
+        "--rootfs",
+        type=Path,
+        default=os.environ.get(ROOTFS_ENV) or None,
+        help=f"run pod commands chrooted in this unpacked image (needs root; default: ${ROOTFS_ENV})",
+    )
+    parser.add_argument(
         "--shutdown-timeout",
         type=float,
         default=10.0,
@@ -678,7 +701,13 @@ async def _serve(config: RunnerConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.rootfs is not None:
+        if not (args.rootfs / "usr" / "bin").is_dir():
+            parser.error(f"--rootfs {args.rootfs}: not an unpacked image (no usr/bin in it)")
+        if os.geteuid() != 0:
+            parser.error(f"--rootfs {args.rootfs}: running pods in an image needs root (chroot)")
     configure_json_logging()
     config = RunnerConfig(
         kubeconfig=args.kubeconfig,
@@ -687,6 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         namespaces=frozenset(args.namespaces),
         max_processes=args.max_processes,
         shutdown_timeout=args.shutdown_timeout,
+        rootfs=args.rootfs,
     )
     asyncio.run(_serve(config))
     return 0

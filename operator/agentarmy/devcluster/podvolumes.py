@@ -144,6 +144,7 @@ async def _fill(
     refresh_at: float,
 ) -> None:
     if volume.emptyDir is not None:
+        os.chmod(target, 0o777)  # a kubelet's emptyDir: writable by the pod's non-root user
         return
     if volume.secret is not None:
         s = volume.secret

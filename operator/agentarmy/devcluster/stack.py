@@ -93,9 +93,14 @@ class Stack:
 
 @contextlib.contextmanager
 def local_stack(
-    cluster: DevCluster, namespace: str, workdir: Path, stats_seconds: float = 5.0
+    cluster: DevCluster,
+    namespace: str,
+    workdir: Path,
+    stats_seconds: float = 5.0,
+    operator_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
-    """Start router, operator and a pod runner for ``namespace``; stop them after."""
+    """Start router, operator and a pod runner for ``namespace``; stop them after.
+    ``operator_env``: more environment for the operator (e.g. AGENTARMY_STATS_WATCH)."""
     workdir.mkdir(parents=True, exist_ok=True)
     for name in (OPERATOR_NAMESPACE, namespace):
         cluster.kubectl("create", "namespace", name, check=False)
@@ -123,6 +128,7 @@ def local_stack(
         extra_env={
             "AGENTARMY_ROUTER_TOKEN_FILE": str(admin_token_file),
             "AGENTARMY_STATS_SECONDS": str(stats_seconds),
+            **(operator_env or {}),
         },
         admission=admission,
     )

@@ -5,7 +5,9 @@ the target per agent, rounded up and clamped. Growing happens at once;
 shrinking only after the wanted size has stayed lower for the whole
 stabilization window, using the highest wish seen in that window, so a
 momentarily empty queue does not kill busy agents. Replicas are written
-through the scale subresource, as `kubectl scale` and an HPA would.
+through the scale subresource, as `kubectl scale` and an HPA would. With
+``minReplicas: 0`` an idle fleet goes to zero Agents and the next task wakes it
+(the operator hears of it through the router's watch, not the coarse poll).
 """
 
 from __future__ import annotations
@@ -14,6 +16,17 @@ from dataclasses import dataclass, field
 
 from agentarmy.api.common import parse_duration
 from agentarmy.api.fleet import Autoscaling
+
+
+def manages(autoscaling: Autoscaling | None, replicas: int) -> bool:
+    """Whether the autoscaler sizes the fleet now. As for the HPA, ``replicas: 0`` is a
+    person stopping the fleet (the autoscaler leaves it alone) unless
+    ``autoscaling.minReplicas`` is 0: then zero is within the autoscaler's own range, the
+    fleet is idle rather than stopped, and the next task wakes it. To stop such a fleet,
+    set ``autoscaling.enabled: false`` (or minReplicas above 0) with ``replicas: 0``."""
+    if autoscaling is None or not autoscaling.enabled:
+        return False
+    return replicas > 0 or autoscaling.minReplicas == 0
 
 
 def wanted(autoscaling: Autoscaling, queued: int, running: int) -> int:

@@ -36,6 +36,7 @@ from agentarmy.operator.policywatch import PolicyCatalog
 from agentarmy.operator.rulesync import RulesSync
 from agentarmy.operator.settings import OperatorConfig, kopf_settings
 from agentarmy.operator.stats import StatsSync
+from agentarmy.operator.statswatch import StatsWatch
 from agentarmy.operator.tasks import TaskEvents, TaskReconciler
 from agentarmy.operator.taskwatch import TaskWatch
 from agentarmy.operator.webhook import WebhookConfig, start_webhook
@@ -103,12 +104,22 @@ def _router_client(config: OperatorConfig) -> RouterClient | None:
 
 
 async def _sync_stats(
-    config: OperatorConfig, cache: Cache, kube: Kube, client: RouterClient | None
+    config: OperatorConfig,
+    cache: Cache,
+    kube: Kube,
+    client: RouterClient | None,
+    fleet_queue: WorkQueue,
 ) -> None:
+    """The coarse status sync and, beside it, the watch that hears of changes at once."""
     if client is None:
         await asyncio.Event().wait()
         return
-    await StatsSync(cache, kube, client, config.stats_seconds).run()
+    sync = StatsSync(cache, kube, client, config.stats_seconds, fleet_queue.add_all)
+    if not config.stats_watch:
+        await sync.run()
+        return
+    watch = StatsWatch(cache, client, fleet_queue.add_all, sync.scale_up)
+    await asyncio.gather(sync.run(), watch.run())
 
 
 @contextlib.asynccontextmanager
@@ -300,7 +311,7 @@ async def _lead_with(
             )
         ),
         "lease": asyncio.create_task(elector.keep()),
-        "stats": asyncio.create_task(_sync_stats(config, cache, kube, router)),
+        "stats": asyncio.create_task(_sync_stats(config, cache, kube, router, fleet_queue)),
         "rules": asyncio.create_task(rules.run() if rules else asyncio.Event().wait()),
         "stop": asyncio.create_task(stop.wait()),
     }

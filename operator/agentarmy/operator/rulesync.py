@@ -15,7 +15,8 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -30,6 +31,7 @@ from agentarmy.router.client import RouterClient
 log = logging.getLogger("agentarmy.operator.rules")
 
 DEBOUNCE_SECONDS = 0.3
+JUDGED_PHASES = frozenset({"Progressing", "Paused", "WaitingForTasks", "Promoting"})
 HALT_POLL_SECONDS = 1.0
 """How often the router's halts are read (a small in-memory answer), so a Fleet shows
 Halted within about a second of the router stopping its dispatch."""
@@ -50,8 +52,9 @@ def namespace_rules(cache: Cache, namespace: str) -> list[FleetRules]:
         subject = fleet_subject(namespace, view.name, view.labels, spec)
         overrides = spec.template.spec.policyOverrides
         rules = effective_rules(policies, namespace, subject.label_sets, overrides).enforced
-        if rules.binds_at_runtime:
-            found.append(rules.to_wire(view.name))
+        judged = canary_under_judgement(view.status)
+        if rules.binds_at_runtime or judged:
+            found.append(rules.to_wire(view.name).model_copy(update={"canaryTemplateHash": judged}))
     for agent in cache.agents_in(namespace):
         if FLEET_LABEL in agent.labels or agent.deleting:
             continue  # a Fleet's Agents are governed as their fleet
@@ -65,6 +68,14 @@ def namespace_rules(cache: Cache, namespace: str) -> list[FleetRules]:
         if rules.binds_at_runtime:
             found.append(rules.to_wire(agent.name))
     return sorted(found, key=lambda r: r.fleet)
+
+
+def canary_under_judgement(status: Mapping[str, Any]) -> str | None:
+    """The template hash a Fleet's canary is judging right now, if any."""
+    canary = status.get("canary") or {}
+    if canary.get("phase") in JUDGED_PHASES and canary.get("templateHash"):
+        return str(canary["templateHash"])
+    return None
 
 
 def _digest(rules: list[FleetRules]) -> str:

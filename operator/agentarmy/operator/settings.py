@@ -36,6 +36,9 @@ class OperatorConfig:
     router_token_file: str = ""
     """Bearer token for the router's stats (in a pod: a projected ServiceAccount token)."""
     stats_seconds: float = 60.0
+    stats_watch: bool = True
+    """Long-poll the router's figures (wake from zero within a second); off: the coarse
+    stats interval alone (the benchmark's peer)."""
     rules_sync_seconds: float = 60.0
     """How often every fleet's runtime rules are pushed to the router in full (changes go at once)."""
     """How often router figures are copied into Agent and Fleet status."""
@@ -61,6 +64,7 @@ class OperatorConfig:
             router_ca_file=env.get("AGENTARMY_ROUTER_CA_FILE", ""),
             router_token_file=env.get("AGENTARMY_ROUTER_TOKEN_FILE", ""),
             stats_seconds=float(env.get("AGENTARMY_STATS_SECONDS", defaults.stats_seconds)),
+            stats_watch=_flag(env.get("AGENTARMY_STATS_WATCH", "true"), "AGENTARMY_STATS_WATCH"),
             rules_sync_seconds=float(
                 env.get("AGENTARMY_RULES_SYNC_SECONDS", defaults.rules_sync_seconds)
             ),
@@ -80,6 +84,13 @@ class OperatorConfig:
                 env.get("AGENTARMY_WEBHOOK_RELOAD_SECONDS", defaults.webhook_reload_seconds)
             ),
         )
+
+
+def _flag(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false"):
+        raise ValueError(f"{name} must be true or false, not {value!r}")
+    return lowered == "true"
 
 
 def kopf_settings() -> kopf.OperatorSettings:

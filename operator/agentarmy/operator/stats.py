@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,13 +19,15 @@ from lightkube import ApiError
 from pydantic import ValidationError
 
 from agentarmy.api import wire
-from agentarmy.api.fleet import FleetSpec
+from agentarmy.api.fleet import Autoscaling, FleetSpec
 from agentarmy.operator import autoscale
 from agentarmy.operator.cache import Cache, FleetView
 from agentarmy.operator.kube import Kube, involved
+from agentarmy.operator.workqueue import Key
 from agentarmy.policy import effective_rules, fleet_subject
 from agentarmy.policy.effective import Limit
 from agentarmy.router.client import RouterClient
+from agentarmy.router.figures import fleet_figures
 
 log = logging.getLogger("agentarmy.operator.stats")
 
@@ -51,13 +54,52 @@ def agent_news(status: dict[str, Any], figures: wire.AgentStats, now: float) -> 
     return {**counts, "lastHeartbeatTime": rfc3339(figures.lastHeartbeat)}
 
 
+def record_figures(cache: Cache, stats: wire.Stats) -> set[Key]:
+    """Keep the router's figures in ``cache.router_figures``; the fleets whose figures
+    (as the router's watch compares them) changed."""
+    new = {(f.namespace, f.fleet): f for f in stats.fleets}
+    old = cache.router_figures
+    changed = {
+        k for k in old.keys() | new.keys() if fleet_figures(old.get(k)) != fleet_figures(new.get(k))
+    }
+    cache.router_figures = new
+    return changed
+
+
+def autoscale_message(
+    current: int, target: int, fleet: wire.FleetStats, autoscaling: Autoscaling
+) -> str:
+    """The Autoscaled Event's message; waking from zero and going idle say so."""
+    message = (
+        f"scaled from {current} to {target} agents: {fleet.queued} queued and "
+        f"{fleet.running} running tasks, target {autoscaling.targetQueueDepthPerAgent} per agent"
+    )
+    if current == 0:
+        return f"woke from zero: {message}"
+    if target == 0:
+        message += "; idle at zero agents (minReplicas 0): the next task wakes the fleet"
+    return message
+
+
 class StatsSync:
-    def __init__(self, cache: Cache, kube: Kube, client: RouterClient, interval: float) -> None:
+    def __init__(
+        self,
+        cache: Cache,
+        kube: Kube,
+        client: RouterClient,
+        interval: float,
+        fleets_changed: Callable[[Iterable[Key]], None] = lambda keys: None,
+    ) -> None:
         self.recommendations = autoscale.Recommendations()
         self.cache = cache
         self.kube = kube
         self.client = client
         self.interval = interval
+        self.fleets_changed = fleets_changed
+        self._scaling = asyncio.Lock()
+        self._scaled: dict[Key, tuple[str, int]] = {}
+        """Fleet -> (its resourceVersion when scaled, the replicas written): until the
+        watch brings the new spec, the same write is not made again."""
 
     async def run(self) -> None:
         while True:
@@ -74,6 +116,7 @@ class StatsSync:
             return 0
         stats = await self.client.stats()
         now = datetime.now(UTC).timestamp()
+        self.fleets_changed(record_figures(self.cache, stats))
         writes = 0
         for fleet in stats.fleets:
             for figures in fleet.agents:
@@ -98,30 +141,49 @@ class StatsSync:
                 writes += 1
         return writes
 
-    async def _autoscale(self, view: FleetView, fleet: wire.FleetStats, now: float) -> int:
+    async def scale_up(self, keys: Iterable[Key]) -> int:
+        """Grow these fleets now if their work calls for more agents (wake from zero
+        included); shrinking stays with the coarse loop and its stabilization window."""
+        writes = 0
+        now = datetime.now(UTC).timestamp()
+        for namespace, name in sorted(keys):
+            view = self.cache.fleet(namespace, name)
+            figures = self.cache.router_figures.get((namespace, name))
+            if view is not None and figures is not None and not view.deleting:
+                writes += await self._autoscale(view, figures, now, grow_only=True)
+        return writes
+
+    async def _autoscale(
+        self, view: FleetView, fleet: wire.FleetStats, now: float, grow_only: bool = False
+    ) -> int:
+        async with self._scaling:  # the watch and the coarse loop both call this
+            return await self._autoscale_one(view, fleet, now, grow_only)
+
+    async def _autoscale_one(
+        self, view: FleetView, fleet: wire.FleetStats, now: float, grow_only: bool
+    ) -> int:
         try:
             spec = FleetSpec.model_validate(view.spec)
         except ValidationError:
             return 0  # the fleet reconciler reports the invalid spec
         key = (view.namespace, view.name)
-        if spec.autoscaling is None or not spec.autoscaling.enabled or spec.replicas == 0:
-            self.recommendations.forget(key)
+        if spec.autoscaling is None or not autoscale.manages(spec.autoscaling, spec.replicas):
+            self.recommendations.forget(key)  # off, or stopped by a person (replicas 0)
             return 0
         wish = autoscale.wanted(spec.autoscaling, fleet.queued, fleet.running)
+        if grow_only and wish <= spec.replicas:
+            return 0
         target = self.recommendations.decide(key, spec.autoscaling, spec.replicas, wish, now)
         limit = self._replica_limit(view, spec)
         wanted = target
         target = autoscale.within_limit(
             target, spec.replicas, None if limit is None else int(limit.value)
         )
-        if target == spec.replicas:
+        if target == spec.replicas or self._scaled.get(key) == (view.resource_version, target):
             return 0
         await self.kube.scale("Fleet", view.namespace, view.name, target)
-        message = (
-            f"scaled from {spec.replicas} to {target} agents: {fleet.queued} queued and "
-            f"{fleet.running} running tasks, target "
-            f"{spec.autoscaling.targetQueueDepthPerAgent} per agent"
-        )
+        self._scaled[key] = (view.resource_version, target)
+        message = autoscale_message(spec.replicas, target, fleet, spec.autoscaling)
         if target < wanted and limit is not None:
             message += f"; held at {target} by policy {limit.policy} (maxReplicasPerFleet)"
         log.info(

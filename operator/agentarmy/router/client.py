@@ -135,6 +135,12 @@ class RouterClient:
     async def stats(self) -> wire.Stats:
         return await self.request("GET", "/v1/stats", wire.Stats)
 
+    async def watch_stats(self, since: str = "", timeout_seconds: int = 30) -> wire.StatsWatch:
+        """The stats once the operator's figures differ from ``since`` (a token from an
+        earlier answer), or ``changed=False`` after ``timeout_seconds``."""
+        params = {"since": since, "timeoutSeconds": str(timeout_seconds)}
+        return await self.request("GET", "/v1/stats/watch", wire.StatsWatch, params=params)
+
     # -- agents -----------------------------------------------------------------------------
 
     async def register(self, agent: wire.RegisterAgent) -> wire.AgentInfo:
@@ -167,6 +173,20 @@ class RouterClient:
         path = f"/v1/agents/{namespace}/{name}/tasks/{parent.taskId}/subtasks"
         body = wire.SubtaskRequest(attempt=parent.attempt, task=task)
         return await self.request("POST", path, wire.SubmitResponse, body)
+
+    async def spawn_children(
+        self,
+        namespace: str,
+        name: str,
+        parent: wire.LeaseRef | wire.Lease,
+        request: wire.ChildrenRequest,
+    ) -> wire.ChildrenResponse:
+        path = f"/v1/agents/{namespace}/{name}/tasks/{parent.taskId}/children"
+        return await self.request("POST", path, wire.ChildrenResponse, request)
+
+    async def tree(self, task_id: str, limit: int = 1000) -> wire.TaskTree:
+        params = {"limit": str(limit)}
+        return await self.request("GET", f"/v1/tasks/{task_id}/tree", wire.TaskTree, params=params)
 
     async def reserve_tokens(
         self, namespace: str, name: str, lease: wire.LeaseRef | wire.Lease, tokens: int

@@ -3,6 +3,8 @@
 Events: assigned, succeeded, retried, dead-lettered, failed, released, cancelled,
 stale (a refused fencing token). Each line carries taskId, traceId, namespace,
 fleet, attempt and agent, so ``grep <traceId>`` follows a task from submit to result.
+Decisions about an agent rather than a task (breaker-open, breaker-half-open,
+breaker-closed) carry namespace, fleet and agent, and the task that tipped them.
 """
 
 from __future__ import annotations
@@ -51,3 +53,11 @@ def attempt_ended(task: Task) -> None:
         decide(
             _EVENT_BY_PHASE.get(task.phase, task.phase), task, reason=task.error, outcome=outcome
         )
+
+
+def about_agent(event: str, namespace: str, fleet: str, agent: str, **fields: Any) -> None:
+    """A decision about an agent (its circuit breaker), not about one task."""
+    if not decision_log.isEnabledFor(logging.INFO):
+        return
+    record = {"event": event, "namespace": namespace, "fleet": fleet, "agent": agent, **fields}
+    log_fields(decision_log, event, record)

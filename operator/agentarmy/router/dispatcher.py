@@ -4,7 +4,10 @@ Agents long-poll for work. A claim that finds work returns at once; otherwise th
 agent waits here. When work may have appeared (a submit, a retry whose backoff
 ended, another replica's write), the fleet's waiters are served least-loaded first
 (running tasks / concurrency, then longest waiting). The store decides which tasks
-(priority, FIFO, capability, concurrency); this module decides for whom.
+(priority, FIFO, capability, concurrency); this module decides for whom. With routing by
+results (:mod:`agentarmy.router.scoring`) an agent's claim is first admitted: an open
+breaker or a pacing pause holds it back, and among equally loaded waiters the better
+score goes first.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from agentarmy.api import wire
 from agentarmy.api.wire import AgentInfo, Task
 from agentarmy.router import lifecycle
+from agentarmy.router.scoring import Routing
 from agentarmy.router.store.base import Submitted, TaskStore
 
 log = logging.getLogger(__name__)
@@ -78,6 +82,7 @@ class Dispatcher:
         clock: Callable[[], float],
         on_claimed: Callable[[AgentInfo, list[Task]], None],
         halted: Callable[[str, str], bool] = lambda namespace, fleet: False,
+        routing: Routing | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -89,12 +94,20 @@ class Dispatcher:
         """Per fleet: capability -> slots its waiting agents ask for (what a round looks for)."""
         self._dirty: set[FleetKey] = set()
         self._serving: dict[FleetKey, asyncio.Task[None]] = {}
+        self.routing = routing or Routing()
+        self._holds: dict[str, asyncio.Future[None]] = {}
+        """Agents held back by routing (holder -> wake-up), outside the waiters: they do not
+        make others queue behind them, and a drain ends their hold."""
 
     async def claim(self, agent: AgentInfo, max_tasks: int, wait_seconds: float) -> list[Task]:
         key = (agent.namespace, agent.fleet)
+        max_tasks, wait_seconds = await self._admitted(agent, max_tasks, wait_seconds)
+        if max_tasks == 0:
+            return []
         if not self._waiters.get(key) and not self.halted(*key):  # nobody ahead: try at once
             tasks = await self.store.claim(agent, max_tasks, self.clock())
             if tasks:
+                self.routing.granted(agent, tasks, self.clock())
                 self.on_claimed(agent, tasks)
                 return tasks
         if wait_seconds <= 0:
@@ -119,6 +132,34 @@ class Dispatcher:
                 waiters.remove(waiter)
                 for capability in agent.capabilities:
                     wanted[capability] -= max_tasks
+
+    async def _admitted(
+        self, agent: AgentInfo, max_tasks: int, wait_seconds: float
+    ) -> tuple[int, float]:
+        """(tasks the agent may be given, wait left) once routing admits it; (0, 0) when its
+        wait ran out (or it started draining) while held back."""
+        while True:
+            admission = self.routing.admit(agent, max_tasks, self.clock())
+            if admission.tasks > 0:
+                return admission.tasks, wait_seconds
+            pause = min(admission.hold_seconds, wait_seconds)
+            if pause <= 0 or not await self._hold(agent, pause):
+                return 0, 0.0
+            wait_seconds -= pause
+
+    async def _hold(self, agent: AgentInfo, seconds: float) -> bool:
+        """Sleep ``seconds`` unless the agent drains meanwhile (False)."""
+        holder = lifecycle.agent_id(agent.namespace, agent.name)
+        wake = self._holds[holder] = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(seconds):
+                await wake
+            return False
+        except TimeoutError:
+            return True
+        finally:
+            if self._holds.get(holder) is wake:
+                del self._holds[holder]
 
     def notify(self, namespace: str, fleet: str) -> None:
         """Work may be claimable in this fleet: serve its waiters (coalesced)."""
@@ -169,21 +210,28 @@ class Dispatcher:
     async def _least_loaded(
         self, key: FleetKey, count: int, capabilities: set[str] | None = None
     ) -> list[_Waiter]:
-        """Up to ``count`` free waiters with room (and one of ``capabilities``), least
-        loaded (running / concurrency) first, then longest waiting. At most one pass over
+        """Up to ``count`` free waiters with room (and one of ``capabilities``) that routing
+        lets receive work, least loaded (running / concurrency) first, then the better
+        score, then longest waiting. At most one pass over
         the fleet's waiters: this runs for every submission and every dispatch round."""
         running = await self.store.running_counts(*key)
+        now = self.clock()
         candidates = []
         for waiter in self._waiters.get(key, ()):
             if waiter.offered or waiter.future.done():
                 continue
             if capabilities is not None and capabilities.isdisjoint(waiter.agent.capabilities):
                 continue
+            if not self.routing.may_receive(waiter.agent, now):
+                continue  # its breaker opened while it waited
             held = running.get(waiter.holder, 0)
-            if held == 0 and count == 1:
+            # Scores in tenths, so that noise does not reorder healthy agents.
+            rank = -round(self.routing.weight(waiter.agent, now), 1)
+            if held == 0 and count == 1 and rank == -1.0:
                 return [waiter]  # kept in arrival order: the first idle one is the answer
             if held < waiter.agent.concurrency:
-                candidates.append((held / waiter.agent.concurrency, waiter.order, waiter))
+                load = held / waiter.agent.concurrency
+                candidates.append((load, rank, waiter.order, waiter))
         return [waiter for *_, waiter in heapq.nsmallest(count, candidates)]
 
     def _notify_created(self, submitted: Sequence[Submitted]) -> None:
@@ -192,6 +240,9 @@ class Dispatcher:
 
     def end_waits(self, namespace: str, name: str) -> None:
         """The agent is draining: answer its pending long-polls with no work."""
+        held = self._holds.pop(lifecycle.agent_id(namespace, name), None)
+        if held is not None and not held.done():
+            held.set_result(None)
         for waiters in self._waiters.values():
             for waiter in waiters:
                 mine = waiter.agent.namespace == namespace and waiter.agent.name == name
@@ -243,6 +294,7 @@ class Dispatcher:
             await self._release(waiter.agent, tasks)
             return
         waiter.future.set_result(tasks)
+        self.routing.granted(waiter.agent, tasks, self.clock())
         self.on_claimed(waiter.agent, tasks)
 
     async def _release(self, agent: AgentInfo, tasks: list[Task]) -> None:

@@ -51,10 +51,16 @@ class Text:
 
 DNS_LABEL = Text(DNS_LABEL_PATTERN, 63, "a DNS label")
 TASK_ID = Text(TASK_ID_PATTERN, 64, "a task id (letters, digits, '_', '.', '-')")
+WATCH_TOKEN = Text(r"^[0-9a-f]*$", 64, "a token from an earlier watch (hex digits)")
 
 PATH_PARAMS: dict[str, Text] = {"namespace": DNS_LABEL, "name": DNS_LABEL, "task_id": TASK_ID}
 """Every path parameter any route has; checked before a handler runs."""
-QUERY_TEXT: dict[str, Text] = {"namespace": DNS_LABEL, "fleet": DNS_LABEL, "parent": TASK_ID}
+QUERY_TEXT: dict[str, Text] = {
+    "namespace": DNS_LABEL,
+    "fleet": DNS_LABEL,
+    "parent": TASK_ID,
+    "since": WATCH_TOKEN,
+}
 """String query parameters, checked (when present) before a handler runs, on every endpoint.
 Numbers, enums and durations in the query are checked by the handler that reads them."""
 
@@ -226,6 +232,24 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "POST",
+        LEASE + "/children",
+        "Start children and park the task until they end (join: all or failFast); the lease ends",
+        handlers.spawn_children,
+        wire.ChildrenResponse,
+        wire.ChildrenRequest,
+        status=201,
+        tag="agents",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/tasks/{task_id}/tree",
+        "The task and its descendants, depth first, with phases and times",
+        handlers.task_tree,
+        wire.TaskTree,
+        query=(Q("limit", {"type": "integer", "minimum": 1, "maximum": 10000}),),
+    ),
+    Endpoint(
+        "POST",
         LEASE + "/tokens:reserve",
         "Before a model call: count its tokens against the fleet's budgets; 429 if spent",
         handlers.reserve_tokens,
@@ -293,6 +317,26 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Per-fleet queue depth, agents and error rate per template hash",
         handlers.stats,
         wire.Stats,
+        tag="operator",
+    ),
+    Endpoint(
+        "GET",
+        "/v1/stats/watch",
+        "Long-poll: the stats once the figures the operator acts on differ from `since`",
+        handlers.watch_stats,
+        wire.StatsWatch,
+        query=(
+            Q(
+                "since",
+                WATCH_TOKEN.schema(),
+                "The token of the figures held (empty or absent: answer at once)",
+            ),
+            Q(
+                "timeoutSeconds",
+                {"type": "integer", "minimum": 0, "maximum": int(wire.MAX_WAIT_SECONDS)},
+                "How long to wait for a change (default 30)",
+            ),
+        ),
         tag="operator",
     ),
     Endpoint(

@@ -88,6 +88,13 @@ class Governor:
     def halted(self, namespace: str, fleet: str) -> bool:
         return (namespace, fleet) in self.halts
 
+    def under_canary(self, namespace: str, fleet: str, template_hash: str) -> bool:
+        """Whether the fleet's canary rollout is judging this template (operator's rules)."""
+        rules = self.rules.get((namespace, fleet))
+        return (
+            bool(template_hash) and rules is not None and rules.canaryTemplateHash == template_hash
+        )
+
     def tool_rules(self, namespace: str, fleet: str) -> wire.ToolRules | None:
         """What a lease of this fleet carries for the agent runtime to judge tool calls."""
         rules = self.rules.get((namespace, fleet))
@@ -118,6 +125,17 @@ class Governor:
             return DEFAULT_APPROVAL_TIMEOUT, "continue"
         timeout = rules.approvalTimeoutSeconds
         return (timeout.value if timeout else DEFAULT_APPROVAL_TIMEOUT), rules.onRejection
+
+    def workflow_bounds(self, namespace: str, fleet: str) -> tuple[int, int]:
+        """(deepest tree, most children per wait) for a parent of this fleet: the router's
+        defaults, lowered by the fleet's Policies."""
+        rules = self.rules.get((namespace, fleet))
+        depth, children = wire.MAX_DEPTH, wire.MAX_CHILDREN
+        if rules is not None and rules.maxTaskDepth is not None:
+            depth = min(depth, int(rules.maxTaskDepth.value))
+        if rules is not None and rules.maxChildrenPerWait is not None:
+            children = min(children, int(rules.maxChildrenPerWait.value))
+        return depth, children
 
     def watches(self, task: wire.Task) -> bool:
         """Does the sentinel of the task's fleet count this change (an attempt ending)?"""

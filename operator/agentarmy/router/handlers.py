@@ -141,8 +141,26 @@ async def hand_off(service: RouterService, call: Call) -> tuple[int, BaseModel]:
     return (201 if item.created else 200), wire.SubmitResponse(task=item.task, created=item.created)
 
 
+async def spawn_children(service: RouterService, call: Call) -> tuple[int, BaseModel]:
+    response = await service.spawn_children(
+        call.principal, call.path["namespace"], call.path["name"], call.path["task_id"], call.body
+    )
+    return 201, response
+
+
+async def task_tree(service: RouterService, call: Call) -> BaseModel:
+    limit = _int_query(call.query, "limit", 1000, 1, 10000)
+    return await service.tree(call.principal, call.path["task_id"], limit)
+
+
 async def stats(service: RouterService, call: Call) -> BaseModel:
     return await service.stats(call.principal)
+
+
+async def watch_stats(service: RouterService, call: Call) -> BaseModel:
+    limit = int(wire.MAX_WAIT_SECONDS)
+    timeout = _int_query(call.query, "timeoutSeconds", 30, 0, limit)
+    return await service.watch_stats(call.principal, call.query.get("since", ""), timeout)
 
 
 def _int_query(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:

@@ -46,7 +46,15 @@ def new_task_id() -> str:
     return "t-" + secrets.token_hex(12)
 
 
-def new_task(request: wire.SubmitTask, task_id: str, seq: int, now: float) -> Task:
+def new_task(
+    request: wire.SubmitTask,
+    task_id: str,
+    seq: int,
+    now: float,
+    depth: int = 0,
+    join_round: int | None = None,
+) -> Task:
+    """A new queued task; ``depth`` and ``join_round`` for a child (see ``park_for_children``)."""
     # The request was validated on the way in; construct without validating it twice.
     return Task.model_construct(
         id=task_id,
@@ -75,11 +83,18 @@ def new_task(request: wire.SubmitTask, task_id: str, seq: int, now: float) -> Ta
         finishedAt=None,
         approval=None,
         checkpoint=None,
+        depth=depth,
+        joinRound=join_round,
+        join=None,
     )
 
 
 def is_terminal(task: Task) -> bool:
     return task.phase in TERMINAL_PHASES
+
+
+def is_terminal_phase(phase: str) -> bool:
+    return phase in TERMINAL_PHASES
 
 
 def counted_failures(task: Task) -> int:
@@ -374,3 +389,85 @@ def decide_approval(
 
 def save_checkpoint(task: Task, checkpoint: dict[str, object]) -> Task:
     return task.model_copy(update={"checkpoint": checkpoint})
+
+
+# -- fan-out and join: a parent parked while the children it started run -------------------
+
+UNSUCCESSFUL_PHASES: frozenset[str] = frozenset({"Failed", "DeadLettered", "Cancelled"})
+
+
+def child_request(
+    request: wire.SubmitTask, parent: Task, join_round: int, index: int
+) -> wire.SubmitTask:
+    """A child as the router stores it: under its parent and on the root's trace. Its id
+    comes from its place in the round (``child_task_id``), not from an idempotency key."""
+    return request.model_copy(
+        update={"parentTaskId": parent.id, "traceId": parent.traceId, "idempotencyKey": None}
+    )
+
+
+def child_task_id(parent_id: str, join_round: int, index: int) -> str:
+    """The id of a parent's ``index``-th child of a round: a retried start creates it once."""
+    digest = hashlib.blake2b(f"{parent_id}.{join_round}.{index}".encode(), digest_size=12)
+    return "t-" + digest.hexdigest()
+
+
+def park_for_children(
+    task: Task, join: wire.JoinMode, children: int, checkpoint: dict[str, object], now: float
+) -> Task:
+    """The lease ends (released: it does not count against maxAttempts) and the task waits,
+    holding no agent, for the children its attempt starts. Fenced by the caller."""
+    return task.model_copy(
+        update={
+            "phase": "WaitingForChildren",
+            "attempts": _end_attempt(task, "Released", f"waiting for {children} children", now),
+            "leaseExpiresAt": None,
+            "deadlineAt": None,
+            "checkpoint": checkpoint,
+            "join": wire.Join(round=task.attempt, mode=join, children=children, waitingSince=now),
+        }
+    )
+
+
+def waits_for(parent: Task, child: Task) -> bool:
+    """Is ``parent`` waiting for ``child`` (a child of its current round)?"""
+    return (
+        parent.phase == "WaitingForChildren"
+        and parent.join is not None
+        and child.parentTaskId == parent.id
+        and child.joinRound == parent.join.round
+    )
+
+
+def settle_join(parent: Task, phases: dict[str, int], now: float) -> Task | None:
+    """The join, level-based: given the phases of the round's children (phase -> count),
+    the parent queued again to resume, or None while it must keep waiting (or is not
+    waiting at all). Applying it twice changes nothing: only a waiting parent resumes."""
+    join = parent.join
+    if parent.phase != "WaitingForChildren" or join is None:
+        return None
+    pending = sum(n for phase, n in phases.items() if phase not in TERMINAL_PHASES)
+    failed = sum(n for phase, n in phases.items() if phase in UNSUCCESSFUL_PHASES)
+    if pending > 0 and not (join.mode == "failFast" and failed > 0):
+        return None
+    resumed = join.model_copy(
+        update={
+            "resumedAt": now,
+            "succeeded": phases.get("Succeeded", 0),
+            "failed": failed,
+            "reason": "childFailed" if join.mode == "failFast" and failed else "allEnded",
+        }
+    )
+    return parent.model_copy(update={"phase": "Queued", "availableAt": now, "join": resumed})
+
+
+def child_outcome(child: Task) -> wire.ChildOutcome:
+    return wire.ChildOutcome(
+        taskId=child.id,
+        fleet=child.fleet,
+        capability=child.capability,
+        phase=child.phase,
+        input=child.input,
+        result=child.result,
+        error=child.error,
+    )

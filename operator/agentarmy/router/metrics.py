@@ -74,6 +74,12 @@ class RouterMetrics:
             ["namespace", "fleet"],
             registry=self.registry,
         )
+        self.breaker_transitions = Counter(
+            "agentarmy_router_breaker_transitions",
+            "Agents' circuit breakers moving (routing by results): to open, half-open, closed.",
+            ["namespace", "fleet", "state"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def labelled(self, metric: MetricWrapperBase, *values: str) -> Any:

@@ -13,6 +13,7 @@ import uvicorn
 from agentarmy.router.app import create_app
 from agentarmy.router.auth import AuthChain, Authenticator, KubeAccess, StaticTokens, TokenReviewer
 from agentarmy.router.lifecycle import RetryPolicy
+from agentarmy.router.scoring import RoutingMode, RoutingSettings
 from agentarmy.router.service import RouterService, ServiceSettings
 from agentarmy.router.store.base import StoreSettings, TaskStore
 
@@ -53,6 +54,8 @@ class RouterConfig:
     retry_base_seconds: float = 1.0
     retry_cap_seconds: float = 300.0
     reap_interval: float = 0.5
+    routing: RoutingMode = "results"
+    """results (prefer agents that succeed; circuit breakers) or least-loaded."""
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     loop: str = "auto"
@@ -84,7 +87,10 @@ def build_service(config: RouterConfig) -> RouterService:
         retry=RetryPolicy(config.retry_base_seconds, config.retry_cap_seconds),
     )
     store = open_store(config.store_url, settings)
-    return RouterService(store, ServiceSettings(reap_interval=config.reap_interval))
+    service_settings = ServiceSettings(
+        reap_interval=config.reap_interval, routing=RoutingSettings(mode=config.routing)
+    )
+    return RouterService(store, service_settings)
 
 
 def serve(config: RouterConfig) -> None:
@@ -113,7 +119,13 @@ def serve(config: RouterConfig) -> None:
             proxy_headers=False,
         )
     )
-    log.info("router listening on %s:%d with store %s", config.host, config.port, config.store_url)
+    log.info(
+        "router listening on %s:%d with store %s, routing by %s",
+        config.host,
+        config.port,
+        config.store_url,
+        config.routing,
+    )
     server.run()
 
 

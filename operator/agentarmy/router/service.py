@@ -9,7 +9,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 from agentarmy.api import rules, wire
 from agentarmy.api.wire import AgentInfo, Task
@@ -18,8 +18,10 @@ from agentarmy.router import decisions, lifecycle
 from agentarmy.router.auth import Principal
 from agentarmy.router.dispatcher import Dispatcher
 from agentarmy.router.errors import ApiError, bad_request, not_found, stale_lease
+from agentarmy.router.figures import FiguresWatch
 from agentarmy.router.governor import ApprovalDeadlines, Governor
 from agentarmy.router.metrics import RouterMetrics
+from agentarmy.router.scoring import BreakerTransition, Routing, RoutingSettings
 from agentarmy.router.store.base import Submitted, TaskQuery, TaskStore, UnknownAgent
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 class ServiceSettings:
     reap_interval: float = 0.5
     """How often expired leases are collected and waiting agents re-checked (backoff ends)."""
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    """Routing by results (scores, circuit breakers) or plain least-loaded dispatch."""
 
 
 class RouterService:
@@ -44,9 +48,15 @@ class RouterService:
         self.metrics = RouterMetrics()
         self.governor = Governor(store.governance, clock, self._count_decision, self._on_resumed)
         self.approvals = ApprovalDeadlines()
-        self.dispatcher = Dispatcher(store, clock, self._on_claimed, self.governor.halted)
+        self.routing = Routing(self.settings.routing, self._on_breaker, self.governor.under_canary)
+        self.dispatcher = Dispatcher(
+            store, clock, self._on_claimed, self.governor.halted, self.routing
+        )
         self._result_waiters: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._reaper: asyncio.Task[None] | None = None
+        self.figures = FiguresWatch(self._stats_now)
+        """Long-polls of the operator's figures; ``touch`` it where they may move."""
+        self._figures_loop: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[wire.Halt | None]] = set()
         self.ready = False
         store.listener = self._on_foreign_change
@@ -57,13 +67,15 @@ class RouterService:
         await self._load_approval_deadlines()
         freeze_startup_objects()
         self._reaper = asyncio.create_task(self._reap_forever(), name="lease-reaper")
+        self._figures_loop = asyncio.create_task(self.figures.run(), name="figures-watch")
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
-        if self._reaper is not None:
-            self._reaper.cancel()
-            await asyncio.gather(self._reaper, return_exceptions=True)
+        for loop in (self._reaper, self._figures_loop):
+            if loop is not None:
+                loop.cancel()
+                await asyncio.gather(loop, return_exceptions=True)
         await self.governor.stop()
         await self.store.close()
 
@@ -86,6 +98,7 @@ class RouterService:
         return submitted
 
     def _count_submitted(self, submitted: Sequence[Submitted]) -> None:
+        self.figures.touch()
         for item in submitted:
             if item.created:
                 self.metrics.labelled(
@@ -115,6 +128,7 @@ class RouterService:
             raise not_found(f"task {task_id} does not exist")
         task, changed = outcome
         if changed:
+            self.figures.touch()
             decisions.decide("cancelled", task)
             self.metrics.attempt_ended(task)
             await self.governor.attempt_ended(task)
@@ -155,6 +169,7 @@ class RouterService:
     async def register(self, principal: Principal, registration: wire.RegisterAgent) -> AgentInfo:
         principal.check_agent(registration.namespace, registration.name, registration.fleet)
         info = await self.store.register(registration, self.clock())
+        self.figures.touch()
         log.info("agent %s/%s registered for fleet %s", info.namespace, info.name, info.fleet)
         self.dispatcher.notify(info.namespace, info.fleet)
         return info
@@ -176,12 +191,15 @@ class RouterService:
         tasks = await self.dispatcher.claim(agent, request.max, request.waitSeconds)
         tools = self.governor.tool_rules(namespace, agent.fleet)
         leases = [lifecycle.to_lease(t) for t in tasks]
-        if tools is not None:
-            for lease in leases:
+        for lease, task in zip(leases, tasks, strict=True):
+            if tools is not None:
                 lease.tools = tools
+            if task.join is not None and task.join.resumedAt is not None:
+                lease.children = [lifecycle.child_outcome(c) for c in await self._round(task)]
         return wire.ClaimResponse(tasks=leases, results=acks)
 
     def _on_claimed(self, agent: AgentInfo, tasks: list[Task]) -> None:
+        self.figures.touch()
         now = self.clock()
         for task in tasks:
             self.metrics.assigned(task, now)
@@ -278,12 +296,108 @@ class RouterService:
         if request.task.namespace != agent.namespace:
             raise bad_request("a hand-off stays in the agent's namespace", "task.namespace")
         child = request.task.model_copy(
-            update={"parentTaskId": parent_id, "traceId": request.task.traceId or parent.traceId}
+            update={"parentTaskId": parent_id, "traceId": parent.traceId}  # the root's trace
         )
         (submitted,) = await self.dispatcher.submit([child], self.clock())
         self._count_submitted([submitted])
         decisions.decide("handed-off", submitted.task, parent=parent_id)
         return submitted
+
+    # -- fan-out and join -------------------------------------------------------------------
+
+    async def spawn_children(
+        self,
+        principal: Principal,
+        namespace: str,
+        name: str,
+        parent_id: str,
+        request: wire.ChildrenRequest,
+    ) -> wire.ChildrenResponse:
+        """The agent holding the parent's lease starts children and parks the parent until
+        they end (the join); the lease ends now, so the parent holds no agent meanwhile."""
+        agent = await self._leaseholder(principal, namespace, name, parent_id, request.attempt)
+        holder = lifecycle.agent_id(namespace, name)
+        parent = await self.store.get(parent_id)
+        assert parent is not None  # _leaseholder found it
+        max_depth, max_children = self.governor.workflow_bounds(namespace, agent.fleet)
+        if parent.depth + 1 > max_depth:
+            raise bad_request(
+                f"task {parent_id} is at depth {parent.depth}: fleet {namespace}/{agent.fleet}"
+                f" allows trees {max_depth} deep",
+                "tasks",
+            )
+        if len(request.tasks) > max_children:
+            raise bad_request(
+                f"{len(request.tasks)} children: fleet {namespace}/{agent.fleet} allows at"
+                f" most {max_children} per wait",
+                "tasks",
+            )
+        for index, child in enumerate(request.tasks):
+            if child.namespace != namespace:
+                raise bad_request(
+                    "children stay in the agent's namespace", f"tasks[{index}].namespace"
+                )
+        await self.governor.admit(request.tasks)
+        ref = wire.LeaseRef(taskId=parent_id, attempt=request.attempt)
+        children = [
+            lifecycle.child_request(c, parent, request.attempt, i)
+            for i, c in enumerate(request.tasks)
+        ]
+        now = self.clock()
+
+        def park(task: Task) -> Task | None:
+            if lifecycle.fence_problem(task, ref, holder) is not None:
+                return None
+            return lifecycle.park_for_children(
+                task, request.join, len(children), request.checkpoint, now
+            )
+
+        outcome = await self.store.spawn(parent_id, park, children, now)
+        if outcome is None or outcome[1] is None:
+            raise stale_lease(f"task {parent_id} is no longer leased to {holder}")
+        parked, started = outcome[0], outcome[1]
+        self._count_submitted([Submitted(c, True) for c in started])
+        decisions.decide("waiting-for-children", parked, children=len(started), join=request.join)
+        for fleet in sorted({(c.namespace, c.fleet) for c in started}):
+            self.dispatcher.notify(*fleet)
+        if parked.phase == "Queued":  # every child had ended already (a retried call)
+            self.dispatcher.notify(parked.namespace, parked.fleet)
+        return wire.ChildrenResponse(parent=parked, children=started)
+
+    async def _round(self, parent: Task) -> list[Task]:
+        """The children of the parent's last join round, in start order."""
+        assert parent.join is not None
+        found: list[Task] = []
+        after = 0
+        while True:
+            page = await self.store.list_tasks(
+                TaskQuery(parent=parent.id, after_seq=after, limit=1000)
+            )
+            found += [c for c in page if c.joinRound == parent.join.round]
+            if len(page) < 1000:
+                return found
+            after = page[-1].seq
+
+    async def tree(self, principal: Principal, task_id: str, limit: int) -> wire.TaskTree:
+        """The task and its descendants, depth first, at most ``limit`` tasks."""
+        root = await self.get(principal, task_id)
+        tasks: list[Task] = []
+        stack = [root]
+        while stack and len(tasks) < limit:
+            task = stack.pop()
+            tasks.append(task)
+            children: list[Task] = []
+            after = 0
+            while True:
+                page = await self.store.list_tasks(
+                    TaskQuery(parent=task.id, after_seq=after, limit=1000)
+                )
+                children += page
+                if len(page) < 1000:
+                    break
+                after = page[-1].seq
+            stack.extend(reversed(children))
+        return wire.TaskTree(tasks=tasks, truncated=bool(stack))
 
     async def reserve_tokens(
         self,
@@ -360,6 +474,7 @@ class RouterService:
         if outcome is None or not outcome[1]:
             raise stale_lease(f"task {task_id} is no longer leased to {holder}")
         task = outcome[0]
+        self.figures.touch()
         self.approvals.watch(task)
         self._count_decision(namespace, agent.fleet, "approval-asked")
         decisions.decide(
@@ -458,6 +573,7 @@ class RouterService:
                 f"task {task.id} is {decided.phase}"
                 + (f"; its approval was already {already.lower()}" if already else ""),
             )
+        self.figures.touch()
         self.approvals.forget(decided.id)
         event = {"Approved": "approval-granted", "Rejected": "approval-rejected"}.get(
             decision, "approval-timed-out"
@@ -485,9 +601,19 @@ class RouterService:
         principal.check_admin()
         return self._with_halts(await self.store.stats(self.clock()))
 
+    async def watch_stats(
+        self, principal: Principal, since: str, wait_seconds: float
+    ) -> wire.StatsWatch:
+        principal.check_admin()
+        return await self.figures.watch(since, wait_seconds)
+
+    async def _stats_now(self) -> wire.Stats:
+        return self._with_halts(await self.store.stats(self.clock()))
+
     def _with_halts(self, stats: wire.Stats) -> wire.Stats:
         for fleet in stats.fleets:
             fleet.halt = self.governor.halts.get((fleet.namespace, fleet.fleet))
+            self.routing.annotate(fleet, stats.generatedAt)
         return stats
 
     async def replace_rules(
@@ -534,14 +660,29 @@ class RouterService:
         return self.metrics.render(depths, stats)
 
     def _count_decision(self, namespace: str, fleet: str, decision: str) -> None:
+        self.figures.touch()  # a halt among them
         self.metrics.labelled(self.metrics.governance, namespace, fleet, decision).inc()
 
     def _on_resumed(self, namespace: str, fleet: str) -> None:
+        self.figures.touch()
         self.dispatcher.notify(namespace, fleet)
 
     # -- background -------------------------------------------------------------------------
 
+    def _on_breaker(self, change: BreakerTransition) -> None:
+        self.metrics.labelled(
+            self.metrics.breaker_transitions, change.namespace, change.fleet, change.after
+        ).inc()
+        fields = asdict(change)
+        for where in ("namespace", "fleet", "agent"):
+            del fields[where]
+        decisions.about_agent(
+            f"breaker-{change.after}", change.namespace, change.fleet, change.agent, **fields
+        )
+
     async def _attempt_ended(self, task: Task) -> None:
+        self.routing.record(task, self.clock())
+        self.figures.touch()
         self.metrics.attempt_ended(task)
         decisions.attempt_ended(task)
         # The sentinel first: whoever learns of this result also sees the halt it caused.
@@ -549,6 +690,8 @@ class RouterService:
         self._wake_result_waiters(task)
 
     def _on_foreign_change(self, task: Task) -> None:
+        self.routing.record(task, self.clock())  # another replica's result teaches us too
+        self.figures.touch()  # another replica's submit or result: wake this one's watchers
         self.approvals.watch(task)
         if task.phase == "Queued":
             self.dispatcher.notify(task.namespace, task.fleet)

@@ -9,6 +9,7 @@ import pytest
 
 from agentarmy.api import wire
 from agentarmy.api.wire import AgentInfo
+from agentarmy.router import lifecycle
 from agentarmy.router.store.base import TaskQuery, TaskStore, UnknownAgent
 
 T0 = 1_800_000_000.0  # the same fixed "now" the store fixtures open with
@@ -416,3 +417,139 @@ async def test_submit_and_lease_stores_every_task_and_leases_each_at_most_once(
         stored = await store.get(item.task.id)
         assert stored is not None
         assert stored.phase == ("Running" if item.task.id in leased else "Queued")
+
+
+# -- fan-out and join ---------------------------------------------------------------------
+
+
+async def leased_parent(store: TaskStore, holder: AgentInfo, **fields: object) -> wire.Task:
+    await store.submit([task(fleet=holder.fleet, **fields)], T0)
+    (parent,) = await store.claim(holder, 1, T0)
+    return parent
+
+
+def parker(
+    parent: wire.Task, children: int, join: wire.JoinMode = "all"
+) -> Callable[[wire.Task], wire.Task | None]:
+    """The service's park step: fenced by the parent's lease, then lifecycle.park_for_children."""
+    ref = wire.LeaseRef(taskId=parent.id, attempt=parent.attempt)
+
+    def park(current: wire.Task) -> wire.Task | None:
+        if lifecycle.fence_problem(current, ref, parent.agent) is not None:
+            return None
+        return lifecycle.park_for_children(current, join, children, {"step": 1}, T0)
+
+    return park
+
+
+async def spawn(
+    store: TaskStore, parent: wire.Task, count: int, join: wire.JoinMode = "all"
+) -> tuple[wire.Task, list[wire.Task]]:
+    requests = [
+        lifecycle.child_request(task(fleet="workers", input={"n": i}), parent, parent.attempt, i)
+        for i in range(count)
+    ]
+    outcome = await store.spawn(parent.id, parker(parent, count, join), requests, T0)
+    assert outcome is not None and outcome[1] is not None
+    return outcome[0], outcome[1]
+
+
+async def until(condition: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
+    """For NATS: a replica's watch delivers others' writes a moment later."""
+    for _ in range(int(seconds / 0.02)):
+        if await condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_parent_waits_without_a_lease_and_resumes_once_when_its_children_end(
+    store: TaskStore,
+) -> None:
+    told: list[wire.Task] = []
+    store.listener = told.append
+    lead = await agent(store, "lead", fleet="leads", concurrency=1)
+    worker = await agent(store, "w1", fleet="workers", concurrency=10)
+    parent = await leased_parent(store, lead, traceId="ab" * 16)
+    parked, children = await spawn(store, parent, 3)
+
+    assert parked.phase == "WaitingForChildren" and parked.join is not None
+    assert parked.join.round == parent.attempt and parked.join.children == 3
+    assert parked.leaseExpiresAt is None and parked.checkpoint == {"step": 1}
+    assert parked.attempts[-1].outcome == "Released"
+    assert (await store.running_counts("default", "leads")).get("default/lead", 0) == 0
+    assert [c.depth for c in children] == [1, 1, 1]
+    assert {c.traceId for c in children} == {"ab" * 16}
+    assert {c.parentTaskId for c in children} == {parent.id}
+    assert {c.joinRound for c in children} == {parent.attempt}
+    assert [c.input for c in children] == [{"n": 0}, {"n": 1}, {"n": 2}]
+
+    claimed = await store.claim(worker, 3, T0)
+    assert len(claimed) == 3
+    await store.report(worker, [succeeded(claimed[0]), failed(claimed[1], retryable=False)], T0)
+    waiting = await store.get(parent.id)
+    assert waiting is not None and waiting.phase == "WaitingForChildren"
+    await store.report(worker, [succeeded(claimed[2])], T0 + 1)
+
+    async def resumed() -> bool:
+        current = await store.get(parent.id)
+        return current is not None and current.phase == "Queued"
+
+    await until(resumed)
+    current = await store.get(parent.id)
+    assert current is not None and current.join is not None
+    assert (current.join.succeeded, current.join.failed, current.join.reason) == (2, 1, "allEnded")
+    assert [t.id for t in told if t.id == parent.id] == [parent.id]  # told once
+    (again,) = await store.claim(lead, 1, T0 + 2)
+    assert again.id == parent.id and again.attempt == parent.attempt + 1
+
+
+async def test_fail_fast_resumes_at_the_first_failure_and_cancels_the_siblings(
+    store: TaskStore,
+) -> None:
+    lead = await agent(store, "lead", fleet="leads")
+    worker = await agent(store, "w1", fleet="workers", concurrency=1)
+    parent = await leased_parent(store, lead)
+    _, children = await spawn(store, parent, 3, join="failFast")
+    (running,) = await store.claim(worker, 1, T0)
+    await store.report(worker, [failed(running, retryable=False)], T0)
+
+    async def siblings_cancelled() -> bool:
+        phases = [(await store.get(c.id)).phase for c in children]  # type: ignore[union-attr]
+        return sorted(phases) == ["Cancelled", "Cancelled", "Failed"]
+
+    await until(siblings_cancelled)
+    current = await store.get(parent.id)
+    assert current is not None and current.phase == "Queued" and current.join is not None
+    assert current.join.reason == "childFailed"
+
+
+async def test_cancelling_a_parent_cancels_its_children_and_grandchildren(
+    store: TaskStore,
+) -> None:
+    lead = await agent(store, "lead", fleet="leads")
+    parent = await leased_parent(store, lead)
+    _, children = await spawn(store, parent, 2)
+    middle = await agent(store, "middle", fleet="workers", concurrency=2)
+    claimed = await store.claim(middle, 2, T0)
+    _, grandchildren = await spawn(store, claimed[0], 2)
+    assert {g.depth for g in grandchildren} == {2}
+    outcome = await store.cancel(parent.id, T0 + 1)
+    assert outcome is not None and outcome[1]
+
+    async def all_cancelled() -> bool:
+        ids = [c.id for c in children + grandchildren]
+        phases = {(await store.get(i)).phase for i in ids}  # type: ignore[union-attr]
+        return phases == {"Cancelled"}
+
+    await until(all_cancelled)
+
+
+async def test_a_stale_lease_cannot_start_children(store: TaskStore) -> None:
+    lead = await agent(store, "lead", fleet="leads")
+    parent = await leased_parent(store, lead)
+    stale = parent.model_copy(update={"attempt": parent.attempt + 1})
+    request = lifecycle.child_request(task(fleet="workers"), parent, stale.attempt, 0)
+    outcome = await store.spawn(parent.id, parker(stale, 1), [request], T0)
+    assert outcome is not None and outcome[1] is None and outcome[0].phase == "Running"
+    assert await store.list_tasks(TaskQuery(parent=parent.id)) == []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agentarmy.api.fleet import Autoscaling
-from agentarmy.operator.autoscale import Recommendations, wanted
+from agentarmy.operator.autoscale import Recommendations, manages, wanted
 
 POLICY = Autoscaling(
     minReplicas=1, maxReplicas=10, targetQueueDepthPerAgent=5, scaleDownStabilization="60s"
@@ -37,3 +37,20 @@ def test_forget_restarts_the_window() -> None:
     recs.decide(KEY, POLICY, current=5, wish=1, now=0.0)
     recs.forget(KEY)
     assert recs.decide(KEY, POLICY, current=5, wish=1, now=100.0) == 5
+
+
+def test_replicas_zero_is_idle_with_min_zero_and_stopped_otherwise() -> None:
+    idle_range = Autoscaling(minReplicas=0, maxReplicas=3)
+    assert manages(idle_range, replicas=0)  # scaled to zero: the next task wakes it
+    assert manages(idle_range, replicas=2)
+    assert not manages(POLICY, replicas=0)  # minReplicas 1: a person stopped the fleet
+    assert manages(POLICY, replicas=1)
+    assert not manages(idle_range.model_copy(update={"enabled": False}), replicas=0)
+    assert not manages(None, replicas=3)
+
+
+def test_one_task_wakes_a_fleet_at_zero() -> None:
+    idle_range = Autoscaling(minReplicas=0, maxReplicas=3, targetQueueDepthPerAgent=10)
+    assert wanted(idle_range, queued=0, running=0) == 0
+    assert wanted(idle_range, queued=1, running=0) == 1
+    assert Recommendations().decide(KEY, idle_range, current=0, wish=1, now=0.0) == 1

@@ -33,8 +33,8 @@ class SkillFailed(Exception):
 
 
 class Parked(Exception):
-    """The task now waits for a person's decision; the router holds it, the agent sends no
-    result (its lease has ended) and takes other work."""
+    """The task now waits (for a person's decision, or for its children); the router holds
+    it, the agent sends no result (its lease has ended) and takes other work."""
 
 
 class Checkpoints(Protocol):
@@ -46,6 +46,10 @@ class Checkpoints(Protocol):
     async def park(self, request: ApprovalAsk) -> NoReturn:
         """Ask for a person's approval: the task is parked and Parked is raised."""
 
+    async def wait_for(self, request: ChildrenAsk) -> NoReturn:
+        """Start children and park the task until they end: Parked is raised. The task is
+        run again (on any agent of its fleet) with ``TaskContext.children`` set."""
+
 
 @dataclass(frozen=True)
 class ApprovalAsk:
@@ -53,6 +57,13 @@ class ApprovalAsk:
     arguments: dict[str, Any]
     tool_call_id: str
     reason: str
+    checkpoint: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ChildrenAsk:
+    tasks: list[wire.SubmitTask]
+    join: wire.JoinMode
     checkpoint: dict[str, Any]
 
 
@@ -64,6 +75,9 @@ class Unparkable:
 
     async def park(self, request: ApprovalAsk) -> NoReturn:
         raise SkillFailed(f"tool {request.tool} needs approval and no router can hold the task")
+
+    async def wait_for(self, request: ChildrenAsk) -> NoReturn:
+        raise SkillFailed("no router can hold the task while children run")
 
 
 class TokenBudget(Protocol):
@@ -112,6 +126,18 @@ class TaskContext:
     """On a resume after an approval: the request and its decision."""
     checkpoint: dict[str, Any] | None = None
     """On a resume: the state the skill stored (the conversation so far)."""
+    children: list[wire.ChildOutcome] | None = None
+    """On a resume after children ended: each child's phase, result and error, in order."""
+
+    async def spawn(
+        self,
+        tasks: list[wire.SubmitTask],
+        join: wire.JoinMode = "all",
+        checkpoint: dict[str, Any] | None = None,
+    ) -> NoReturn:
+        """Start ``tasks`` as children and park this task until they end (``failFast``: or
+        the first fails); the skill runs again later with ``children`` and ``checkpoint``."""
+        await self.checkpoints.wait_for(ChildrenAsk(tasks, join, checkpoint or {}))
 
 
 class Skill(Protocol):

@@ -244,7 +244,6 @@ class LlmSkill:
         result = await ctx.tools[name].run(sub_context)
         return result.output
 
-
     async def _approved(
         self,
         ctx: TaskContext,
@@ -267,7 +266,9 @@ class LlmSkill:
             # outcome: running it again could do it twice.
             return "the approved call was started by an earlier attempt; its outcome is unknown"
         if not answers or approval is None or approval.id in state.used:
-            ask = ApprovalAsk(tool, arguments, call_id, "the model asked for it", state.checkpoint())
+            ask = ApprovalAsk(
+                tool, arguments, call_id, "the model asked for it", state.checkpoint()
+            )
             await ctx.checkpoints.park(ask)
         assert approval is not None
         state.used.append(approval.id)  # a decision answers one call, once

@@ -21,7 +21,6 @@ from agentarmy.agent.settings import AgentSettings
 from agentarmy.agent.skills import SkillFailed, SkillResult, TaskContext
 from agentarmy.api import wire
 
-
 BROKEN_TEMPLATE_ENV = "TEST_SKILL_FAIL"
 
 

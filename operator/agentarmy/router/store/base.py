@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from agentarmy.api import wire
 from agentarmy.api.wire import AgentInfo, Task
-from agentarmy.router import lifecycle
 from agentarmy.router.lifecycle import RetryPolicy, agent_id
 from agentarmy.router.store.governance import GovernanceState
 
@@ -73,7 +72,9 @@ class TaskStore(abc.ABC):
     def __init__(self, settings: StoreSettings) -> None:
         self.settings = settings
         self.listener: Callable[[Task], None] | None = None
-        """Told about tasks another router replica changed (NATS), to wake dispatch and waiters."""
+        """Told about tasks changed other than by the call that returns them, to wake dispatch
+        and waiters: another router replica's writes (NATS), and what a change did beside its
+        task (a parent resumed by its last child's end, children cancelled with a parent)."""
 
     @abc.abstractmethod
     async def open(self, now: float) -> None:
@@ -113,9 +114,26 @@ class TaskStore(abc.ABC):
         """Apply one lifecycle change (None: no change) under the backend's concurrency
         control: (the task after, whether it changed), or None if the task is unknown."""
 
+    @abc.abstractmethod
     async def cancel(self, task_id: str, now: float) -> tuple[Task, bool] | None:
-        """(task, changed), or None if unknown. Ended tasks are returned unchanged."""
-        return await self.update(task_id, lambda task: lifecycle.cancel(task, now))
+        """(task, changed), or None if unknown. Ended tasks are returned unchanged. The
+        task's unfinished descendants are cancelled with it (told to the listener)."""
+
+    @abc.abstractmethod
+    async def spawn(
+        self,
+        parent_id: str,
+        park: Callable[[Task], Task | None],
+        children: Sequence[wire.SubmitTask],
+        now: float,
+    ) -> tuple[Task, list[Task] | None] | None:
+        """Park the parent with ``park`` (see lifecycle.park_for_children; None refuses: its
+        lease is stale) and store its children (lifecycle.child_request: their idempotency
+        keys make a retried call find them) at its join round and depth + 1, so that the
+        children exist only for a parent that waits for them. Whenever the round's last child
+        ends (or the first one fails, for failFast) the parent is queued again, exactly once
+        (lifecycle.settle_join), and told to the listener. Returns (parked parent, children),
+        (parent as it is, None) when ``park`` refused, or None for an unknown parent."""
 
     @abc.abstractmethod
     async def register(self, agent: wire.RegisterAgent, now: float) -> AgentInfo: ...

@@ -79,6 +79,7 @@ class _Entry:
     seq: int
     agent: str
     parent: str | None
+    join_round: int | None
     available_at: float
     expires_at: float | None
     ended_attempts: tuple[tuple[str, str, str], ...]
@@ -104,6 +105,7 @@ def _entry(revision: int, raw: bytes, task: Task) -> _Entry:
         seq=task.seq,
         agent=task.agent,
         parent=task.parentTaskId,
+        join_round=task.joinRound,
         available_at=task.availableAt,
         expires_at=min(ends) if running and ends else None,
         ended_attempts=tuple(
@@ -127,6 +129,8 @@ class _Mirror:
         self.agent_tally: Counter[tuple[str, str]] = Counter()  # (agent, Succeeded|Failed)
         self.template_attempts: Counter[tuple[str, str, str]] = Counter()  # (ns, fleet, hash)
         self.template_failures: Counter[tuple[str, str, str]] = Counter()  # (ns, fleet, hash)
+        self.children: defaultdict[str, set[str]] = defaultdict(set)  # parent -> child ids
+        self.waiting: set[str] = set()  # parents WaitingForChildren
 
     def apply(self, task_id: str, entry: _Entry) -> bool:
         """Take a newer version of a task; False if we already had this one or a newer one."""
@@ -137,6 +141,12 @@ class _Mirror:
             self._count(old, -1)
         self.entries[task_id] = entry
         self._count(entry, +1)
+        if entry.parent is not None:
+            self.children[entry.parent].add(task_id)
+        if entry.phase == "WaitingForChildren":
+            self.waiting.add(task_id)
+        else:
+            self.waiting.discard(task_id)
         self.expiring.pop(task_id, None)
         if entry.phase == "Queued":
             heapq.heappush(
@@ -224,6 +234,8 @@ class NatsStore(TaskStore):
         self._watchers: list[asyncio.Task[None]] = []
         self._last_seq = 0
         self._agent_locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._settling: set[str] = set()
+        """Parents whose join this replica is settling (their siblings being cancelled)."""
         self._writing: dict[str, tuple[bytes, Task]] = {}
         """Task writes awaiting JetStream's ack: their echo may arrive before it."""
 
@@ -251,6 +263,7 @@ class NatsStore(TaskStore):
                 for tid in running
             )
         )
+        await self._sweep_cascades(now)
 
     async def close(self) -> None:
         for watcher in self._watchers:
@@ -374,12 +387,86 @@ class NatsStore(TaskStore):
                 return task, None
             try:
                 await self._store(updated, revision)
-                return task, updated
             except KeyWrongLastSequenceError:
                 current = await self._fetch(task_id)
+                continue
+            if updated.joinRound is not None and lifecycle.is_terminal(updated):
+                await self._settle_parent(updated)
+            return task, updated
         raise StoreError(
             f"task {task_id} kept changing under us; giving up after {CAS_RETRIES} tries"
         )
+
+    # -- joins and cascades: level-based, so a replica that stopped half-way is caught up
+    # -- by the next sweep (expire_due) -----------------------------------------------------
+
+    def _round_phases(self, parent: Task) -> dict[str, int]:
+        """Phase -> count of the children of the parent's current join round (mirror)."""
+        if parent.join is None:
+            return {}
+        phases: Counter[str] = Counter()
+        for child_id in self._mirror.children.get(parent.id, ()):
+            entry = self._mirror.entries.get(child_id)
+            if entry is not None and entry.join_round == parent.join.round:
+                phases[entry.phase] += 1
+        return dict(phases)
+
+    async def _settle_parent(self, child: Task) -> None:
+        assert child.parentTaskId is not None
+        entry = self._mirror.entries.get(child.parentTaskId)
+        if entry is not None and entry.phase != "WaitingForChildren":
+            return  # the usual case for all but the last child: nothing to read or write
+        await self._settle(child.parentTaskId, child.finishedAt or time.time())
+
+    async def _settle(self, parent_id: str, now: float) -> None:
+        """The join of one parent: compare-and-swap, so it resumes once whoever tries. For
+        failFast the siblings are cancelled first, so the resumed parent sees them ended."""
+        if parent_id in self._settling:
+            return  # a cancelled sibling's end, while this replica settles the parent
+        current = await self.get(parent_id)
+        trial = current and lifecycle.settle_join(current, self._round_phases(current), now)
+        if not trial or trial.join is None:
+            return
+        self._settling.add(parent_id)
+        try:
+            if trial.join.reason == "childFailed":
+                await self._cancel_children(parent_id, now, trial.join.round)
+            outcome = await self._mutate(
+                parent_id, lambda p: lifecycle.settle_join(p, self._round_phases(p), now)
+            )
+        finally:
+            self._settling.discard(parent_id)
+        if outcome is not None and outcome[1] is not None:
+            self._tell(outcome[1])
+
+    async def _cancel_children(
+        self, parent_id: str, now: float, join_round: int | None = None
+    ) -> None:
+        for child_id in list(self._mirror.children.get(parent_id, ())):
+            entry = self._mirror.entries.get(child_id)
+            if entry is None or lifecycle.is_terminal_phase(entry.phase):
+                continue
+            if join_round is not None and entry.join_round != join_round:
+                continue
+            outcome = await self._mutate(child_id, lambda t: lifecycle.cancel(t, now))
+            if outcome is not None and outcome[1] is not None:
+                self._tell(outcome[1])
+            await self._cancel_children(child_id, now)
+
+    def _tell(self, task: Task) -> None:
+        if self.listener is not None:
+            self.listener(task)
+
+    async def _sweep_joins(self, now: float) -> None:
+        """Parents whose join a stopped replica did not finish; cancelled parents' children."""
+        for parent_id in list(self._mirror.waiting):
+            await self._settle(parent_id, now)
+
+    async def _sweep_cascades(self, now: float) -> None:
+        for parent_id in list(self._mirror.children):
+            entry = self._mirror.entries.get(parent_id)
+            if entry is not None and entry.phase == "Cancelled":
+                await self._cancel_children(parent_id, now)
 
     async def _decide(
         self,
@@ -434,9 +521,15 @@ class NatsStore(TaskStore):
         return submitted, leases_by_agent(submitted, plan, len(agents))
 
     async def _submit_one(
-        self, request: wire.SubmitTask, now: float, lease_to: AgentInfo | None = None
+        self,
+        request: wire.SubmitTask,
+        now: float,
+        lease_to: AgentInfo | None = None,
+        depth: int = 0,
+        join_round: int | None = None,
+        task_id: str | None = None,
     ) -> Submitted:
-        task_id = lifecycle.new_task_id()
+        task_id = task_id or lifecycle.new_task_id()
         if request.idempotencyKey is not None:
             key = hashlib.sha256(
                 f"{request.namespace}\0{request.idempotencyKey}".encode()
@@ -449,7 +542,7 @@ class NatsStore(TaskStore):
                 if existing is not None:
                     return Submitted(existing[1], created=False)
                 # The earlier submitter stopped between the two writes: finish its job.
-        task = lifecycle.new_task(request, task_id, self._next_seq(), now)
+        task = lifecycle.new_task(request, task_id, self._next_seq(), now, depth, join_round)
         if lease_to is not None:
             task = lifecycle.start_for(task, lease_to, now, self.settings.lease_seconds)
         raw = task.model_dump_json().encode()
@@ -493,6 +586,50 @@ class NatsStore(TaskStore):
             return None
         seen, updated = outcome
         return (updated, True) if updated is not None else (seen, False)
+
+    async def cancel(self, task_id: str, now: float) -> tuple[Task, bool] | None:
+        outcome = await self.update(task_id, lambda task: lifecycle.cancel(task, now))
+        if outcome is not None and outcome[1]:
+            await self._cancel_children(task_id, now)
+        return outcome
+
+    async def spawn(
+        self,
+        parent_id: str,
+        park: Callable[[Task], Task | None],
+        children: Sequence[wire.SubmitTask],
+        now: float,
+    ) -> tuple[Task, list[Task] | None] | None:
+        # Children first (their ids make a retried call find them), then the parent
+        # parks by compare-and-swap; children that ended meanwhile are settled right after.
+        current = await self.get(parent_id)
+        if current is None:
+            return None
+        trial = park(current)
+        if trial is None or trial.join is None:
+            return current, None
+        depth, join_round = trial.depth + 1, trial.join.round
+        started = await asyncio.gather(
+            *(
+                self._submit_one(
+                    r,
+                    now,
+                    None,
+                    depth,
+                    join_round,
+                    lifecycle.child_task_id(parent_id, join_round, i),
+                )
+                for i, r in enumerate(children)
+            )
+        )
+        outcome = await self._mutate(parent_id, park)
+        if outcome is None or outcome[1] is None:  # the lease ended meanwhile: no one waits
+            for item in started:
+                await self._mutate(item.task.id, lambda t: lifecycle.cancel(t, now))
+            return (current if outcome is None else outcome[0]), None
+        await self._settle(parent_id, now)
+        parent = await self.get(parent_id)
+        return (parent or outcome[1]), [item.task for item in started]
 
     # -- agents ---------------------------------------------------------------------------
 
@@ -593,6 +730,7 @@ class NatsStore(TaskStore):
         return Reported(ack, updated)
 
     async def expire_due(self, now: float) -> list[Task]:
+        await self._sweep_joins(now)
         due = [tid for tid, at in self._mirror.expiring.items() if at <= now]
         policy = self.settings.retry
         outcomes = await asyncio.gather(

@@ -101,6 +101,23 @@ CREATE TABLE IF NOT EXISTS templates (
 """
 
 
+JOIN_SCHEMA = """
+CREATE INDEX IF NOT EXISTS tasks_join
+    ON tasks(parent, join_round, phase) WHERE join_round IS NOT NULL;
+"""
+"""Children a parent waits for, by round and phase: the join asks "any still running?"."""
+
+UNFINISHED_PHASES = ("Pending", "Queued", "Running", "AwaitingApproval", "WaitingForChildren")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Columns added after the first release (databases made before lack them)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+    if "join_round" not in columns:
+        conn.execute("ALTER TABLE tasks ADD COLUMN join_round INTEGER")
+    conn.executescript(JOIN_SCHEMA)
+
+
 def _connect(path: str, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -256,6 +273,8 @@ class SqliteStore(TaskStore):
         self._next_seq = 0
         self._leases = _RunningLeases()
         self.governance = SqliteGovernance(self._write, self._read)
+        self._side_changes: list[Task] = []
+        """Tasks a write changed beside its own (joins, cascades), told after its COMMIT."""
         self._agents: dict[tuple[str, str], AgentInfo] = {}
         """Registrations as committed. This process is the database's only writer (one
         replica), so the copy cannot go stale; it spares a query on every agent call."""
@@ -267,13 +286,14 @@ class SqliteStore(TaskStore):
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         writer_conn = _connect(self.path, self.synchronous)
         writer_conn.executescript(SCHEMA)
+        _migrate(writer_conn)
         # Checkpoints run beside the writer (see _checkpoint_forever), not inside a commit,
         # so no caller waits for the database file's fsync.
         writer_conn.execute("PRAGMA wal_autocheckpoint=0")
         self._next_seq = (writer_conn.execute("SELECT max(seq) FROM tasks").fetchone()[0] or 0) + 1
         self._leases.load(writer_conn)
         self._writer = _GroupCommitWriter(
-            writer_conn, inline=self.synchronous == "NORMAL", on_rollback=self._leases.load
+            writer_conn, inline=self.synchronous == "NORMAL", on_rollback=self._rolled_back
         )
         self._writer.start()
         self._reader = _connect(self.path, self.synchronous)
@@ -310,7 +330,20 @@ class SqliteStore(TaskStore):
 
     async def _write(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         assert self._writer is not None, "store not opened"
-        return await self._writer.call(operation)
+        try:
+            return await self._writer.call(operation)
+        finally:
+            self._tell_side_changes()
+
+    def _tell_side_changes(self) -> None:
+        changed, self._side_changes = self._side_changes, []
+        if self.listener is not None:
+            for task in changed:
+                self.listener(task)
+
+    def _rolled_back(self, conn: sqlite3.Connection) -> None:
+        self._leases.load(conn)
+        self._side_changes.clear()  # may drop a committed one's news: dispatch re-polls anyway
 
     async def _read(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         assert self._reader is not None, "store not opened"
@@ -328,9 +361,68 @@ class SqliteStore(TaskStore):
         return await self._read(operation)
 
     def _save(self, conn: sqlite3.Connection, task: Task) -> None:
-        """Write a changed task (every task write goes through here)."""
+        """Write a changed task (every task write goes through here). A child's end settles
+        its parent's join in the same transaction: the join happens exactly once, with it."""
         _update(conn, task)
         self._leases.saw(task)
+        if task.joinRound is not None and lifecycle.is_terminal(task):
+            self._settle_parent(conn, task)
+
+    def _settle_parent(self, conn: sqlite3.Connection, child: Task) -> None:
+        assert child.parentTaskId is not None
+        # The usual case (not the last child) costs two index probes; the parent, whose
+        # input may be large, is read only when it may resume.
+        row = conn.execute("SELECT phase FROM tasks WHERE id = ?", (child.parentTaskId,)).fetchone()
+        if row is None or row[0] != "WaitingForChildren":
+            return
+        if child.phase not in lifecycle.UNSUCCESSFUL_PHASES:  # failFast resumes on a failure
+            unfinished = conn.execute(
+                "SELECT 1 FROM tasks WHERE parent = ? AND join_round = ? AND phase IN"
+                f" ({','.join('?' * len(UNFINISHED_PHASES))}) LIMIT 1",
+                (child.parentTaskId, child.joinRound, *UNFINISHED_PHASES),
+            ).fetchone()
+            if unfinished is not None:
+                return
+        parent = _load(conn, child.parentTaskId)
+        if parent is None or not lifecycle.waits_for(parent, child):
+            return
+        phases = dict(
+            conn.execute(
+                "SELECT phase, count(*) FROM tasks WHERE parent = ? AND join_round = ?"
+                " GROUP BY phase",
+                (parent.id, child.joinRound),
+            ).fetchall()
+        )
+        now = child.finishedAt if child.finishedAt is not None else parent.availableAt
+        resumed = lifecycle.settle_join(parent, phases, now)
+        if resumed is None:
+            return
+        self._save(conn, resumed)
+        self._side_changes.append(resumed)
+        if resumed.join is not None and resumed.join.reason == "childFailed":
+            self._cancel_children(conn, parent.id, now, resumed.join.round)  # the siblings
+
+    def _cancel_children(
+        self, conn: sqlite3.Connection, parent_id: str, now: float, join_round: int | None = None
+    ) -> None:
+        """Cancel the unfinished descendants of a parent (depth first); with ``join_round``,
+        only the children of that round (and theirs)."""
+        sql = (
+            "SELECT id, body FROM tasks WHERE parent = ? AND phase IN"
+            f" ({','.join('?' * len(UNFINISHED_PHASES))})"
+        )
+        params: list[object] = [parent_id, *UNFINISHED_PHASES]
+        if join_round is not None:
+            sql += " AND join_round = ?"
+            params.append(join_round)
+        for child_id, body in conn.execute(sql, params).fetchall():
+            child = self._leases.tasks.get(child_id) or Task.model_validate_json(body)
+            cancelled = lifecycle.cancel(child, now)
+            if cancelled is None:
+                continue
+            self._save(conn, cancelled)
+            self._side_changes.append(cancelled)
+            self._cancel_children(conn, child_id, now)
 
     def _decide(
         self,
@@ -367,6 +459,9 @@ class SqliteStore(TaskStore):
         request: wire.SubmitTask,
         now: float,
         lease_to: AgentInfo | None = None,
+        depth: int = 0,
+        join_round: int | None = None,
+        task_id: str | None = None,
     ) -> Submitted:
         if request.idempotencyKey is not None:
             row = conn.execute(
@@ -375,13 +470,16 @@ class SqliteStore(TaskStore):
             ).fetchone()
             if row is not None:
                 return Submitted(Task.model_validate_json(row[0]), created=False)
-        task = lifecycle.new_task(request, lifecycle.new_task_id(), self._next_seq, now)
+        task = lifecycle.new_task(
+            request, task_id or lifecycle.new_task_id(), self._next_seq, now, depth, join_round
+        )
         self._next_seq += 1
         if lease_to is not None:
             task = lifecycle.start_for(task, lease_to, now, self.settings.lease_seconds)
         conn.execute(
             "INSERT INTO tasks (id, seq, namespace, fleet, capability, priority, phase, available_at,"
-            " expires_at, agent, parent, idem_key, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " expires_at, agent, parent, idem_key, join_round, body)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 task.id,
                 task.seq,
@@ -395,6 +493,7 @@ class SqliteStore(TaskStore):
                 task.agent,
                 task.parentTaskId,
                 task.idempotencyKey,
+                task.joinRound,
                 task.model_dump_json(),
             ),
         )
@@ -435,6 +534,53 @@ class SqliteStore(TaskStore):
                 return task, False
             self._save(conn, changed)
             return changed, True
+
+        return await self._write(operation)
+
+    async def cancel(self, task_id: str, now: float) -> tuple[Task, bool] | None:
+        def operation(conn: sqlite3.Connection) -> tuple[Task, bool] | None:
+            task = self._leases.find(conn, task_id)
+            if task is None:
+                return None
+            cancelled = lifecycle.cancel(task, now)
+            if cancelled is None:
+                return task, False
+            self._save(conn, cancelled)
+            self._cancel_children(conn, task_id, now)
+            return cancelled, True
+
+        return await self._write(operation)
+
+    async def spawn(
+        self,
+        parent_id: str,
+        park: Callable[[Task], Task | None],
+        children: Sequence[wire.SubmitTask],
+        now: float,
+    ) -> tuple[Task, list[Task] | None] | None:
+        # One transaction: the parent waits and its children exist, or neither.
+        def operation(conn: sqlite3.Connection) -> tuple[Task, list[Task] | None] | None:
+            parent = self._leases.find(conn, parent_id)
+            if parent is None:
+                return None
+            parked = park(parent)
+            if parked is None or parked.join is None:
+                return parent, None
+            self._save(conn, parked)
+            depth, join_round = parked.depth + 1, parked.join.round
+            started = [
+                self._submit_one(
+                    conn,
+                    r,
+                    now,
+                    None,
+                    depth,
+                    join_round,
+                    lifecycle.child_task_id(parent_id, join_round, i),
+                ).task
+                for i, r in enumerate(children)
+            ]
+            return parked, started
 
         return await self._write(operation)
 

@@ -35,6 +35,7 @@ PHASE_FIELDS: Mapping[str, str] = {
     "Cancelled": "cancelled",
     "Pending": "queued",
     "AwaitingApproval": "awaitingApproval",
+    "WaitingForChildren": "waitingForChildren",
 }
 """Task phase -> the FleetStats field that counts it."""
 
@@ -113,6 +114,7 @@ def _fleet_stats(key: tuple[str, str], counted: _Fleet) -> wire.FleetStats:
         deadLettered=phases["deadLettered"],
         cancelled=phases["cancelled"],
         awaitingApproval=phases["awaitingApproval"],
+        waitingForChildren=phases["waitingForChildren"],
         agents=sorted(counted.agents, key=lambda a: a.name),
         templates=[
             wire.TemplateStats(
