@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from agentarmy.api import crdgen
+from agentarmy.devcluster.admission import LocalAdmission, install_admission, remove_admission
 from agentarmy.devcluster.cluster import DevCluster, ExistingCluster
+from agentarmy.devcluster.operator_process import OPERATOR_NAMESPACE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,6 +44,17 @@ def namespace(cluster: DevCluster | ExistingCluster) -> Iterator[str]:
     cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", name, "--timeout=60s")
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def admission(cluster: DevCluster | ExistingCluster) -> Iterator[LocalAdmission]:
+    """The admission webhook configured for the modules that ask for it: from then on
+    Agent, Fleet and Policy writes need an operator replica serving it (fails closed)."""
+    local = install_admission(cluster, OPERATOR_NAMESPACE)
+    try:
+        yield local
+    finally:
+        remove_admission(cluster, OPERATOR_NAMESPACE)
 
 
 @pytest.fixture(scope="session")

@@ -63,8 +63,9 @@ from agentarmy.api.rules import (
     SentinelRule,
     ToolAllowList,
 )
+from agentarmy.devcluster.processes import stop_process
 from agentarmy.router.client import RouterClient
-from agentarmy.router.testing import NatsServer, RouterProcess, stop_process, write_token_file
+from agentarmy.router.testing import NatsServer, RouterProcess, write_token_file
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "default"

@@ -27,8 +27,9 @@ import time
 from pathlib import Path
 
 from agentarmy.api import wire
+from agentarmy.devcluster.processes import stop_process
 from agentarmy.router.client import RouterClient
-from agentarmy.router.testing import NatsServer, RouterProcess, stop_process, write_token_file
+from agentarmy.router.testing import NatsServer, RouterProcess, write_token_file
 
 ADMIN_TOKEN = "bench-join-admin-0001"
 HOSTS = 2

@@ -189,8 +189,9 @@ async def run_ours(
     """``prepare`` (optional) is awaited with the admin client as soon as it is open, before
     any task is submitted (bench_governance puts runtime rules in force there)."""
     from agentarmy.api import wire
+    from agentarmy.devcluster.processes import stop_process
     from agentarmy.router.client import RouterClient
-    from agentarmy.router.testing import RouterProcess, stop_process, write_token_file
+    from agentarmy.router.testing import RouterProcess, write_token_file
 
     tokens = write_token_file(
         work / "tokens.yaml",
@@ -341,7 +342,8 @@ def run_celery(
 ) -> Result:
     import redis
 
-    from agentarmy.router.testing import free_port, stop_process, wait_for_port
+    from agentarmy.devcluster.processes import free_port, stop_process
+    from agentarmy.router.testing import wait_for_port
 
     port = free_port()
     persistence = (

@@ -40,9 +40,10 @@ from bench_router import ADMIN_TOKEN, AGENT_TOKEN, percentile, run_client
 
 from agentarmy.agent.skills import SkillFailed, SkillResult, TaskContext
 from agentarmy.api import wire
+from agentarmy.devcluster.processes import stop_process
 from agentarmy.router.client import RouterClient
 from agentarmy.router.scoring import ROUTING_ENV
-from agentarmy.router.testing import RouterProcess, stop_process, write_token_file
+from agentarmy.router.testing import RouterProcess, write_token_file
 
 FLEET = "bench"  # bench_router's token file scopes the agent token to it
 AGENTS = 5

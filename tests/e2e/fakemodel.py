@@ -1,7 +1,8 @@
 """A local OpenAI-compatible chat-completions server for tests: real HTTP on loopback.
 
 Each reply reports a fixed usage. A prompt naming a tool (``call:<tool> [JSON arguments]``)
-makes the first turn ask for that tool; the next turn answers with what the tool returned.
+makes the first turn ask for that tool (one line per call: several calls in one reply);
+the next turn answers with what the tools returned.
 ``POST /side-effect`` counts its calls: a tool with an effect you can count (the http skill).
 """
 
@@ -41,13 +42,18 @@ class FakeModel:
         prompt = next((m["content"] for m in messages if m.get("role") == "user"), "")
         answered = [m for m in messages if m.get("role") == "tool"]
         if prompt.startswith("call:") and not answered:
-            tool, _, raw = prompt.split(":", 1)[1].strip().partition(" ")
-            call = {
-                "id": "call-1",
-                "type": "function",
-                "function": {"name": tool, "arguments": raw or json.dumps({"text": "hi"})},
-            }
-            message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": [call]}
+            calls = []
+            for number, line in enumerate(prompt.splitlines(), start=1):
+                tool, _, raw = line.split(":", 1)[1].strip().partition(" ")
+                arguments = raw or json.dumps({"text": "hi"})
+                calls.append(
+                    {
+                        "id": f"call-{number}",
+                        "type": "function",
+                        "function": {"name": tool, "arguments": arguments},
+                    }
+                )
+            message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": calls}
             reason = "tool_calls"
         else:
             content = " | ".join(m["content"] for m in answered) or f"answer to {prompt}"

@@ -20,8 +20,9 @@ import pytest
 from agentarmy.api import runtime_env as env
 from agentarmy.api import wire
 from agentarmy.api.rules import BudgetRule, FleetRules, RuleLimit, SentinelRule, ToolAllowList
+from agentarmy.devcluster.processes import stop_process
 from agentarmy.router.client import RouterClient, RouterError, TokenSource
-from agentarmy.router.testing import NatsServer, RouterProcess, stop_process, write_token_file
+from agentarmy.router.testing import NatsServer, RouterProcess, write_token_file
 from tests.e2e.fakemodel import fake_model
 
 pytestmark = pytest.mark.e2e

@@ -58,9 +58,8 @@ def test_the_pipeline_example_completes_with_the_reduced_counts(cluster: Any, st
     assert result["words"] == sum(counts.values()) and result["distinct"] == len(counts)
     assert result["top"][0] == {"word": "the", "count": counts["the"]}
     assert result["parts"] == 3
-    # Which worker agents took the parts depends on who was polling (the parts take a
-    # millisecond each): any of the fleet's agents may have done several.
-    assert result["workers"] and all(w.startswith("workers-") for w in result["workers"])
+    # Each part takes a second and each worker takes one at a time: three agents.
+    assert len(result["workers"]) == 3 and all(w.startswith("workers-") for w in result["workers"])
 
     tree = router_tree(stack, status["taskId"])
     shape = [(t.depth, t.fleet, t.phase) for t in tree]
@@ -70,3 +69,8 @@ def test_the_pipeline_example_completes_with_the_reduced_counts(cluster: Any, st
     assert {t.traceId for t in tree} == {tree[0].traceId}
     lead = tree[0]
     assert [a.outcome for a in lead.attempts] == ["Released", "Released", "Succeeded"]
+    parts = [t.attempts[-1] for t in tree if t.fleet == "workers"]
+    assert len({a.agent for a in parts}) == 3
+    latest_start = max(a.startedAt for a in parts)
+    earliest_end = min(a.endedAt or 0.0 for a in parts)
+    assert latest_start < earliest_end, "the three parts ran one after another, not together"

@@ -21,8 +21,9 @@ import pytest
 
 from agentarmy.api import runtime_env as env
 from agentarmy.api import wire
+from agentarmy.devcluster.processes import stop_process
 from agentarmy.router.client import TRANSIENT, RouterClient, RouterError
-from agentarmy.router.testing import RouterProcess, stop_process, write_token_file
+from agentarmy.router.testing import RouterProcess, write_token_file
 
 pytestmark = pytest.mark.e2e
 

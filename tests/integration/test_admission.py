@@ -15,9 +15,7 @@ from cryptography import x509
 
 from agentarmy.devcluster.admission import (
     LocalAdmission,
-    install_admission,
     issue_serving_certificate,
-    remove_admission,
 )
 from tests.integration.operator_process import (
     OPERATOR_NAMESPACE,
@@ -29,15 +27,6 @@ from tests.integration.operator_process import (
 pytestmark = pytest.mark.integration
 
 DENIED = 'admission webhook "policy.agentarmy.io" denied the request'
-
-
-@pytest.fixture(scope="module")
-def admission(cluster: Any) -> Iterator[LocalAdmission]:
-    local = install_admission(cluster, OPERATOR_NAMESPACE)
-    try:
-        yield local
-    finally:
-        remove_admission(cluster, OPERATOR_NAMESPACE)
 
 
 def start_replica(cluster: Any, admission: LocalAdmission, name: str) -> OperatorProcess:

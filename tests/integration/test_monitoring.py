@@ -8,16 +8,15 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from agentarmy.devcluster.admission import LocalAdmission, install_admission, remove_admission
+from agentarmy.devcluster.admission import LocalAdmission
 from agentarmy.router.testing import RouterProcess, write_token_file
-from tests.integration.operator_process import OPERATOR_NAMESPACE, OperatorProcess, wait_for
+from tests.integration.operator_process import OperatorProcess, wait_for
 from tests.integration.test_admission import fleet, policy
 
 pytestmark = pytest.mark.integration
@@ -26,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 FILES = REPO / "helm" / "agentarmy" / "files"
 ALERTS = FILES / "prometheus-alerts.yaml"
 DASHBOARD = FILES / "grafana-dashboard.json"
-ADMIN_TOKEN = "monitoring-test-admin"
+METRICS_TOKEN = "monitoring-test-metrics-reader"
 
 # Names from outside agentarmy and the API server, which no process here exports.
 EXTERNAL = {
@@ -127,21 +126,13 @@ def scrape(url: str, token: str | None = None) -> str:
 @pytest.fixture(scope="module")
 def router_metrics(tmp_path_factory: pytest.TempPathFactory) -> str:
     workdir = tmp_path_factory.mktemp("router")
+    # Scraped as the chart's ServiceMonitor does: with a token of the metrics role.
     tokens = write_token_file(
-        workdir / "tokens.yaml", [{"token": ADMIN_TOKEN, "name": "scraper", "role": "admin"}]
+        workdir / "tokens.yaml", [{"token": METRICS_TOKEN, "name": "scraper", "role": "metrics"}]
     )
     store = f"sqlite:///{workdir}/router.db"
     with RouterProcess(store, tokens, workdir / "router.log") as router:
-        return scrape(f"{router.url}/metrics", ADMIN_TOKEN)
-
-
-@pytest.fixture(scope="module")
-def admission(cluster: Any) -> Iterator[LocalAdmission]:
-    local = install_admission(cluster, OPERATOR_NAMESPACE)
-    try:
-        yield local
-    finally:
-        remove_admission(cluster, OPERATOR_NAMESPACE)
+        return scrape(f"{router.url}/metrics", METRICS_TOKEN)
 
 
 @pytest.fixture(scope="module")

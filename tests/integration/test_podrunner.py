@@ -34,9 +34,9 @@ from agentarmy.devcluster.podrunner import (
     exit_status_patch,
     pod_runner,
     start_pod_runner,
-    stop_pod_runner,
 )
 from agentarmy.devcluster.podvolumes import TokenFile, rewrite
+from agentarmy.devcluster.processes import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -452,7 +452,7 @@ def test_children_die_when_the_runner_is_sigkilled(
         process.send_signal(signal.SIGKILL)
         wait_for("the child to die with the runner", lambda: not alive(pid), timeout=5)
     finally:
-        stop_pod_runner(process)
+        stop_process(process)
 
 
 def test_max_processes_makes_pods_wait_for_a_slot(

@@ -7,8 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
 from agentarmy.api import runtime_env as env_names
+from agentarmy.api.agent import Delegate
 from agentarmy.api.common import parse_duration
+
+_DELEGATES = TypeAdapter(list[Delegate])
 
 
 def _csv(value: str) -> list[str]:
@@ -39,6 +44,8 @@ class AgentSettings:
     model_pricing: tuple[float, float] | None = None
     """Prices per million (prompt, completion) tokens."""
     allowed_tools: list[str] = field(default_factory=list)
+    delegates: list[Delegate] = field(default_factory=list)
+    """Other fleets' capabilities the llm skill offers its model as tools."""
     http_allow_list: list[str] = field(default_factory=list)
 
     def skill_for(self, capability: str) -> str:
@@ -102,8 +109,20 @@ class AgentSettings:
             else None,
             model_pricing=_pricing(env.get(env_names.MODEL_PRICING, "")),
             allowed_tools=_csv(env.get(env_names.ALLOWED_TOOLS, "")),
+            delegates=_delegates(env.get(env_names.DELEGATES, "")),
             http_allow_list=_csv(env.get(env_names.HTTP_ALLOW_LIST, "")),
         )
+
+
+def _delegates(raw: str) -> list[Delegate]:
+    if not raw.strip():
+        return []
+    try:
+        return _DELEGATES.validate_json(raw)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"{env_names.DELEGATES}: {where}: {first['msg']}") from None
 
 
 def _pricing(raw: str) -> tuple[float, float] | None:

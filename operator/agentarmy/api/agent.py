@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, field_validator
 
 from agentarmy.api.common import (
     Condition,
@@ -101,6 +101,49 @@ class ToolsSpec(Model):
     )
 
 
+DelegateToolName = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+]
+"""A function name as model APIs accept it (letters, digits, ``_`` and ``-``)."""
+RESERVED_TOOL_NAMES = ("handoff",)
+"""Tools the llm skill offers itself; a delegate cannot take their names."""
+
+
+class Delegate(Model):
+    """Another fleet's capability, offered to the llm skill's model as a tool. A call
+    becomes a child task on that fleet; the task waits in the router (no agent held) and
+    the model's turn resumes, on any agent of the fleet, with the child's result."""
+
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.tool != 'handoff'",
+                    "message": "tool handoff is the llm skill's own; choose another name",
+                    "fieldPath": ".tool",
+                }
+            ]
+        }
+    }
+
+    tool: DelegateToolName = Field(
+        description="The tool's name as the model sees it, e.g. ask-reviewer. Policies' "
+        "allowedTools and approvalRequiredTools judge calls by this name."
+    )
+    fleet: DNSLabel = Field(description="Fleet (in the agent's namespace) that does the work.")
+    capability: Capability = Field(description="Capability asked of that fleet.")
+    description: Annotated[str, StringConstraints(max_length=1024)] = Field(
+        default="", description="What the tool does, told to the model."
+    )
+
+    @field_validator("tool")
+    @classmethod
+    def _not_reserved(cls, tool: str) -> str:
+        if tool in RESERVED_TOOL_NAMES:
+            raise ValueError(f"tool {tool} is the llm skill's own; choose another name")
+        return tool
+
+
 class EnvVarSource(Model):
     """Where an environment variable's value comes from (one of the two)."""
 
@@ -179,6 +222,13 @@ class AgentSpec(Model):
     )
     model: ModelSpec = Field(default_factory=ModelSpec, description="Language model settings.")
     tools: ToolsSpec = Field(default_factory=ToolsSpec, description="Tools the agent may call.")
+    delegates: list[Delegate] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Other fleets' capabilities the llm skill offers its model as tools; "
+        "a call becomes a child task and the model resumes with its result.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["tool"]},
+    )
     image: ImageReference = Field(default=DEFAULT_AGENT_IMAGE, description="Agent runtime image.")
     imagePullPolicy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="When the kubelet pulls the image."

@@ -60,6 +60,8 @@ HALTED_BY_RULE = {
     "maxCostPerHour": "CostPerHourAboveBound",
 }
 """Halted=True reasons: which sentinel bound the fleet breached."""
+SENTINEL_BOUND_BREACHED = "SentinelBoundBreached"
+"""Halted=True for a bound this operator version does not name (a newer router's)."""
 RESUMED = "Resumed"
 """Halted=False after a halt: resumed by a person or a Policy change."""
 

@@ -8,6 +8,7 @@ from pydantic import Field, StringConstraints
 
 from agentarmy.api.agent import ToolName
 from agentarmy.api.common import Condition, Duration, LabelSelector, Model
+from agentarmy.api.wire import MAX_CHILDREN, MAX_DEPTH
 
 Glob = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\s]+$")]
 Cidr = Annotated[
@@ -137,6 +138,20 @@ class PolicyRules(Model):
         description="Timeout and outcome of approvals (default: 1h, reject, continue).",
     )
     sentinel: SentinelBounds | None = Field(default=None, description="Bounds that halt a fleet.")
+    maxTaskDepth: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_DEPTH,
+        description="Deepest task tree a fleet's tasks may grow by starting children "
+        f"(a root is 0; 0 allows no children; the router's own bound is {MAX_DEPTH}).",
+    )
+    maxChildrenPerWait: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_CHILDREN,
+        description="Most children one task may start in one wait "
+        f"(the router's own bound is {MAX_CHILDREN}).",
+    )
     egress: EgressRule | None = Field(default=None, description="Egress allow-list for agent pods.")
 
 

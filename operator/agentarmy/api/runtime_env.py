@@ -35,6 +35,8 @@ MODEL_PRICING = "AGENTARMY_MODEL_PRICING"
 """Prices per million tokens as ``<input>,<output>``, e.g. ``0.15,0.6``."""
 ALLOWED_TOOLS = "AGENTARMY_ALLOWED_TOOLS"
 """Comma-separated tool names/globs the agent may call."""
+DELEGATES = "AGENTARMY_DELEGATES"
+"""JSON list of the Agent's delegates (``{tool, fleet, capability, description}``)."""
 HTTP_ALLOW_LIST = "AGENTARMY_HTTP_ALLOW_LIST"
 """Comma-separated hosts (host or host:port) the built-in http skill may reach."""
 
@@ -42,10 +44,6 @@ DEFAULT_TOKEN_PATH = "/var/run/secrets/agentarmy.io/token"
 """Where the operator mounts the projected ServiceAccount token (audience: the router)."""
 TOKEN_AUDIENCE = "agentarmy-router"
 
-POD_LABEL_FLEET = "agentarmy.io/fleet"
-"""Label the operator puts on agent Pods of a Fleet (absent for standalone Agents). After a
-TokenReview the router reads it (else the agent label) to decide which fleet's tasks the pod may claim."""
-POD_LABEL_AGENT = "agentarmy.io/agent"
-"""Label the operator puts on agent Pods: the Agent object's name."""
+# The labels on agent Pods (the router reads them after a TokenReview): api/labels.py.
 ROUTER_TOKEN = "AGENTARMY_ROUTER_TOKEN"
 """armyctl (not agents): a bearer token for the router given directly instead of a file."""

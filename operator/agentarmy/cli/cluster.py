@@ -25,12 +25,13 @@ def _fail(err: Exception) -> int:
 
 def build(args: argparse.Namespace) -> int:
     try:
-        binaries.ensure(args.components)
+        built = binaries.ensure(args.components)
     except BinaryError as err:
         return _fail(err)
     for name in args.components:
         component, _ = binaries.BUILDERS[name]
-        print(f"{name} {component.version}: {component.directory}")
+        how = "built" if name in built else "cached, checked"
+        print(f"{name} {component.version} ({how}): {component.directory}")
     return 0
 
 

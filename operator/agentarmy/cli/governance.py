@@ -8,7 +8,8 @@ import json
 import time
 
 from agentarmy.api import wire
-from agentarmy.api.rules import FleetRules
+from agentarmy.api.rules import AllRules, FleetRules
+from agentarmy.cli import output
 from agentarmy.cli.tasks import router_command
 from agentarmy.router.client import RouterClient
 
@@ -20,9 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     resume.add_argument("target", metavar="fleet/NAME", help="the halted fleet")
     resume.add_argument("--reason", default="", help="why, for the record")
 
-    router_command(sub, "rules", "show the runtime rules the router enforces", _rules)
+    router_command(sub, "rules", "show the runtime rules the router enforces", _rules, wide=True)
 
-    listing = router_command(sub, "approvals", "list tool calls waiting for a person", _approvals)
+    listing = router_command(
+        sub, "approvals", "list tool calls waiting for a person", _approvals, wide=True
+    )
     listing.add_argument("-A", "--all-namespaces", action="store_true")
     approve = router_command(sub, "approve", "approve the call a task waits on", _approve)
     approve.add_argument("task_id")
@@ -41,31 +44,35 @@ def _fleet_name(target: str) -> str:
 
 async def _resume(client: RouterClient, args: argparse.Namespace) -> int:
     resumed = await client.resume(args.namespace, _fleet_name(args.target), args.reason)
-    if args.output == "json":
-        print(resumed.model_dump_json(indent=2))
-    elif resumed.wasHalted is None:
-        print(f"fleet {resumed.namespace}/{resumed.fleet} was not halted; nothing to resume")
+    fleet = f"fleet {resumed.namespace}/{resumed.fleet}"
+    if resumed.wasHalted is None:
+        text = f"{fleet} was not halted; nothing to resume"
     else:
-        print(
-            f"fleet {resumed.namespace}/{resumed.fleet} resumed by {resumed.resumedBy} "
-            f"(was: {resumed.wasHalted.message})"
-        )
+        text = f"{fleet} resumed by {resumed.resumedBy} (was: {resumed.wasHalted.message})"
+    output.show(args.output, resumed, lambda _wide: text)
     return 0
 
 
 async def _rules(client: RouterClient, args: argparse.Namespace) -> int:
     everything = await client.rules_in_force()
-    if args.output == "json":
-        print(everything.model_dump_json(indent=2))
-        return 0
-    rows = [("NAMESPACE", "FLEET", "RATE", "BUDGETS", "TOOLS", "APPROVALS", "SENTINEL")]
+    output.show(args.output, everything, lambda wide: rules_table(everything, wide))
+    return 0
+
+
+RULES_WIDE = ("DEPTH", "POLICIES")
+
+
+def rules_table(everything: AllRules, wide: bool) -> str:
+    """The table ``armyctl rules`` prints: a fleet a row; RULES_WIDE with ``-o wide``."""
+    rows = [
+        ("NAMESPACE", "FLEET", "RATE", "BUDGETS", "TOOLS", "APPROVALS", "SENTINEL", *RULES_WIDE)
+    ]
     for group in everything.namespaces:
         for fleet in group.fleets:
-            rows.append((group.namespace, fleet.fleet, *_summary(fleet)))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    return 0
+            depth = f"{fleet.maxTaskDepth.value:g}" if fleet.maxTaskDepth else "-"
+            policies = ",".join(fleet.policies) or "-"
+            rows.append((group.namespace, fleet.fleet, *_summary(fleet), depth, policies))
+    return output.table(rows, RULES_WIDE, wide)
 
 
 def _summary(rules: FleetRules) -> tuple[str, str, str, str, str]:
@@ -84,13 +91,18 @@ def _summary(rules: FleetRules) -> tuple[str, str, str, str, str]:
 
 async def _approvals(client: RouterClient, args: argparse.Namespace) -> int:
     found = await client.approvals(None if args.all_namespaces else args.namespace)
-    if args.output == "json":
-        print(found.model_dump_json(indent=2))
-        return 0
-    now = time.time()
-    rows = [("TASK", "FLEET", "TOOL", "AGENT", "POLICIES", "WAITING", "DEADLINE", "ARGUMENTS")]
+    output.show(args.output, found, lambda wide: approvals_table(found, time.time(), wide))
+    return 0
+
+
+def approvals_table(found: wire.ApprovalList, now: float, wide: bool) -> str:
+    """The table ``armyctl approvals`` prints; ``-o wide`` adds the agent's reason and shows
+    the arguments whole (else their first 60 characters)."""
+    header = ("TASK", "FLEET", "TOOL", "AGENT", "POLICIES", "WAITING", "DEADLINE", "ARGUMENTS")
+    rows = [(*header, "REASON")]
     for item in found.approvals:
         approval = item.approval
+        arguments = json.dumps(approval.arguments)
         rows.append(
             (
                 item.taskId,
@@ -100,13 +112,11 @@ async def _approvals(client: RouterClient, args: argparse.Namespace) -> int:
                 ",".join(approval.policies),
                 f"{now - approval.requestedAt:.0f}s",
                 f"in {approval.deadlineAt - now:.0f}s",
-                json.dumps(approval.arguments)[:60],
+                arguments if wide else arguments[:60],
+                approval.reason or "-",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    return 0
+    return output.table(rows, ("REASON",), wide)
 
 
 async def _approve(client: RouterClient, args: argparse.Namespace) -> int:
@@ -120,13 +130,11 @@ async def _reject(client: RouterClient, args: argparse.Namespace) -> int:
 
 
 def _decided(args: argparse.Namespace, task: wire.Task) -> int:
-    if args.output == "json":
-        print(task.model_dump_json(indent=2))
-        return 0
     approval = task.approval
     assert approval is not None and approval.decision is not None
-    print(
+    text = (
         f"{approval.decision.lower()}: call of {approval.tool} by task {task.id} "
         f"(decided by {approval.decidedBy}); the task is {task.phase}"
     )
+    output.show(args.output, task, lambda _wide: text)
     return 0

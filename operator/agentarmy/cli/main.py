@@ -10,7 +10,17 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 
-from agentarmy.cli import agent, cluster, crds, governance, operator, rollout, routing, tasks
+from agentarmy.cli import (
+    agent,
+    cluster,
+    crds,
+    governance,
+    operator,
+    rollout,
+    router,
+    routing,
+    tasks,
+)
 
 Registrar = Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
 
@@ -18,6 +28,7 @@ COMMAND_GROUPS: list[Registrar] = [
     cluster.register,
     crds.register,
     operator.register,
+    router.register,
     agent.register,
     tasks.register,
     governance.register,

@@ -17,6 +17,7 @@ from lightkube.types import PatchType
 
 from agentarmy.api import conditions as c
 from agentarmy.api.fleet import FleetStatus
+from agentarmy.cli import output
 from agentarmy.operator.canary import RETRY_ANNOTATION
 from agentarmy.operator.kube import FleetResource
 
@@ -31,10 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     status.add_argument(
         "-w", "--watch", default="true", choices=["true", "false"], help="wait until done"
     )
+    output.add_output_flag(status)  # the Fleet as it was when the wait ended; progress to stderr
     status.set_defaults(handler=_status)
     retry = verbs.add_parser("retry", help="retry an aborted canary of the same template")
     retry.add_argument("target", metavar="fleet/NAME")
     retry.add_argument("-n", "--namespace", default=None, help="default: the context's")
+    output.add_output_flag(retry)  # the Fleet as patched
     retry.set_defaults(handler=_retry)
 
 
@@ -74,6 +77,8 @@ def _status(args: argparse.Namespace) -> int:
     name = fleet_name(args.target)
     client = Client(namespace=args.namespace)
     deadline = time.monotonic() + args.timeout if args.timeout else None
+    # With -o json|yaml stdout carries the Fleet alone, so the progress goes to stderr.
+    progress_out = sys.stderr if output.structured(args.output) else sys.stdout
     last = ""
     while True:
         try:
@@ -85,16 +90,19 @@ def _status(args: argparse.Namespace) -> int:
         generation = fleet.metadata.generation if fleet.metadata else 0
         line, outcome = progress(name, int(generation or 0), status)
         if line != last:
-            print(line, file=sys.stderr if outcome is False else sys.stdout, flush=True)
+            print(line, file=sys.stderr if outcome is False else progress_out, flush=True)
             last = line
-        if outcome is not None:
-            return 0 if outcome else 1
-        if args.watch == "false":
-            return 0
-        if deadline is not None and time.monotonic() > deadline:
+        waiting = outcome is None and args.watch == "true"
+        timed_out = waiting and deadline is not None and time.monotonic() > deadline
+        if waiting and not timed_out:
+            time.sleep(1.0)
+            continue
+        if output.structured(args.output):
+            output.show(args.output, _object(fleet), str)
+        if timed_out:
             print(f"error: timed out waiting for fleet {name!r} to roll out", file=sys.stderr)
             return 1
-        time.sleep(1.0)
+        return 0 if outcome is not False else 1
 
 
 def _retry(args: argparse.Namespace) -> int:
@@ -102,7 +110,7 @@ def _retry(args: argparse.Namespace) -> int:
     client = Client(namespace=args.namespace)
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     try:
-        client.patch(
+        fleet = client.patch(
             FleetResource,
             name,
             {"metadata": {"annotations": {RETRY_ANNOTATION: stamp}}},
@@ -112,12 +120,20 @@ def _retry(args: argparse.Namespace) -> int:
     except ApiError as err:
         print(f"error: {err.status.message}", file=sys.stderr)
         return 1
-    print(f"fleet.agentarmy.io/{name} rollout retried")
+    output.show(
+        args.output, _object(fleet), lambda _wide: f"fleet.agentarmy.io/{name} rollout retried"
+    )
     return 0
 
 
 def _plain(value: Any) -> dict[str, Any]:
     return dict(value or {})
+
+
+def _object(resource: Any) -> dict[str, Any]:
+    """A lightkube object as the API server sent it (camelCase keys)."""
+    body: dict[str, Any] = resource.to_dict()
+    return body
 
 
 __all__ = ["fleet_name", "progress", "register"]

@@ -6,13 +6,14 @@ import argparse
 import time
 
 from agentarmy.api import wire
-from agentarmy.cli.tasks import print_table, router_command
+from agentarmy.cli import output
+from agentarmy.cli.tasks import router_command
 from agentarmy.router.client import RouterClient
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     agents = router_command(
-        sub, "agents", "per agent: running, results, routing score and breaker", _agents
+        sub, "agents", "per agent: running, results, routing score and breaker", _agents, wide=True
     )
     agents.add_argument("--fleet", help="only this fleet")
     agents.add_argument(
@@ -20,8 +21,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
 
 
+AGENT_WIDE = ("READY", "TEMPLATE")
+
+
 def agent_rows(stats: wire.Stats, now: float) -> list[tuple[str, ...]]:
-    """The table ``armyctl agents`` prints, header first (fleets and agents in stats order)."""
+    """The table ``armyctl agents`` prints, header first (fleets and agents in stats order);
+    the AGENT_WIDE columns show with ``-o wide``."""
     rows: list[tuple[str, ...]] = [
         (
             "NAMESPACE",
@@ -36,6 +41,7 @@ def agent_rows(stats: wire.Stats, now: float) -> list[tuple[str, ...]]:
             "SCORE",
             "BREAKER",
             "HEARTBEAT",
+            *AGENT_WIDE,
         )
     ]
     for fleet in stats.fleets:
@@ -54,6 +60,8 @@ def agent_rows(stats: wire.Stats, now: float) -> list[tuple[str, ...]]:
                     f"{agent.score:.2f}",
                     agent.breaker,
                     f"{max(0.0, now - agent.lastHeartbeat):.0f}s ago",
+                    "yes" if agent.ready else "no",
+                    agent.templateHash or "-",
                 )
             )
     return rows
@@ -67,8 +75,9 @@ async def _agents(client: RouterClient, args: argparse.Namespace) -> int:
         if (args.all_namespaces or fleet.namespace == args.namespace)
         and (args.fleet is None or fleet.fleet == args.fleet)
     ]
-    if args.output == "json":
-        print(stats.model_dump_json(indent=2))
-        return 0
-    print_table(agent_rows(stats, time.time()))
+    output.show(
+        args.output,
+        stats,
+        lambda wide: output.table(agent_rows(stats, time.time()), AGENT_WIDE, wide),
+    )
     return 0

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from agentarmy.api import runtime_env, wire
 from agentarmy.api.common import parse_duration
 from agentarmy.api.task import DEFAULT_PRIORITY, TERMINAL_PHASES, TaskSpec
+from agentarmy.cli import output
 from agentarmy.router.client import RouterClient, RouterError, TokenSource
 
 
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     get = router_command(sub, "get", "show one task", _get)
     get.add_argument("task_id")
 
-    listing = router_command(sub, "list", "list tasks", _list)
+    listing = router_command(sub, "list", "list tasks", _list, wide=True)
     listing.add_argument("--fleet")
     listing.add_argument("--phase")
     listing.add_argument("--parent")
@@ -52,7 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cancel = router_command(sub, "cancel", "cancel a task", _cancel)
     cancel.add_argument("task_id")
 
-    tree = router_command(sub, "tree", "show a task and its descendants (fan-out)", _tree)
+    _add_tree(sub)  # `armyctl tree ID`, the short form of `armyctl tasks tree ID`
+    group = sub.add_parser("tasks", help="tasks in the router: tree")
+    _add_tree(group.add_subparsers(dest="tasks_command", required=True, metavar="COMMAND"))
+
+
+def _add_tree(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    tree = router_command(
+        sub, "tree", "show a task and its descendants (fan-out)", _tree, wide=True
+    )
     tree.add_argument("task_id")
     tree.add_argument("--limit", type=int, default=1000)
 
@@ -62,7 +71,10 @@ def router_command(
     name: str,
     help_text: str,
     run: Callable[[RouterClient, argparse.Namespace], Awaitable[int]],
+    *,
+    wide: bool = False,
 ) -> argparse.ArgumentParser:
+    """A command that talks to the router; ``wide``: its table has optional columns."""
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
     parser.add_argument(
         "--router",
@@ -75,18 +87,9 @@ def router_command(
         help=f"file with the bearer token (env {runtime_env.TOKEN_FILE})",
     )
     parser.add_argument("-n", "--namespace", default="default")
-    parser.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    output.add_output_flag(parser, wide=wide)
     parser.set_defaults(handler=lambda args: _run(run, args))
     return parser
-
-
-def print_table(rows: Sequence[Sequence[str]]) -> None:
-    """Columns padded to their widest cell, like kubectl get (the first row is the header)."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
 
 
 def _run(
@@ -157,12 +160,17 @@ async def _list(client: RouterClient, args: argparse.Namespace) -> int:
         parent=args.parent,
         limit=args.limit,
     )
-    if args.output == "json":
-        print(page.model_dump_json(indent=2))
-        return 0
-    rows = [("ID", "FLEET", "CAPABILITY", "PRIORITY", "PHASE", "ATTEMPTS", "AGE")]
-    now = time.time()
-    for task in page.tasks:
+    output.show(args.output, page, lambda wide: task_table(page.tasks, time.time(), wide))
+    return 0
+
+
+TASK_WIDE = ("AGENT", "PARENT", "TRACE")
+
+
+def task_table(tasks: Sequence[wire.Task], now: float, wide: bool) -> str:
+    """The table ``armyctl list`` prints; wide adds the agent, the parent and the trace."""
+    rows = [("ID", "FLEET", "CAPABILITY", "PRIORITY", "PHASE", "ATTEMPTS", "AGE", *TASK_WIDE)]
+    for task in tasks:
         rows.append(
             (
                 task.id,
@@ -172,10 +180,12 @@ async def _list(client: RouterClient, args: argparse.Namespace) -> int:
                 task.phase,
                 f"{task.attempt}/{task.maxAttempts}",
                 _age(now - task.createdAt),
+                task.agent or "-",
+                task.parentTaskId or "-",
+                task.traceId,
             )
         )
-    print_table(rows)
-    return 0
+    return output.table(rows, TASK_WIDE, wide)
 
 
 async def _wait(client: RouterClient, args: argparse.Namespace) -> int:
@@ -192,11 +202,12 @@ async def _cancel(client: RouterClient, args: argparse.Namespace) -> int:
 
 async def _tree(client: RouterClient, args: argparse.Namespace) -> int:
     tree = await client.tree(args.task_id, args.limit)
-    if args.output == "json":
-        print(tree.model_dump_json(indent=2))
+    if output.structured(args.output):
+        output.show(args.output, tree, str)
         return 0
     root_depth = tree.tasks[0].depth if tree.tasks else 0
-    rows = [("TASK", "FLEET", "CAPABILITY", "PHASE", "ATTEMPTS", "CREATED", "FINISHED", "TOOK")]
+    header = ("TASK", "FLEET", "CAPABILITY", "PHASE", "ATTEMPTS", "CREATED", "FINISHED", "TOOK")
+    rows = [(*header, "AGENT")]
     for task in tree.tasks:
         took = (
             (task.finishedAt - task.createdAt) if task.finishedAt else time.time() - task.createdAt
@@ -214,9 +225,10 @@ async def _tree(client: RouterClient, args: argparse.Namespace) -> int:
                 _time(task.createdAt),
                 _time(task.finishedAt) if task.finishedAt else "-",
                 f"{took:.1f}s",
+                task.agent or "-",
             )
         )
-    print_table(rows)
+    print(output.table(rows, ("AGENT",), args.output == output.WIDE))
     if tree.truncated:
         print(f"(more descendants than --limit {args.limit})")
     print(f"trace {tree.tasks[0].traceId}" if tree.tasks else "")
@@ -232,13 +244,15 @@ async def _wait_for(client: RouterClient, task_id: str, wait_seconds: float) -> 
 
 
 def _show(args: argparse.Namespace, model: BaseModel, text: str) -> None:
-    print(model.model_dump_json(indent=2) if args.output == "json" else text)
+    output.show(args.output, model, lambda _wide: text)
 
 
 def _show_task(args: argparse.Namespace, task: wire.Task) -> None:
-    if args.output == "json":
-        print(task.model_dump_json(indent=2))
-        return
+    output.show(args.output, task, lambda _wide: task_details(task))
+
+
+def task_details(task: wire.Task) -> str:
+    """One task as ``Label: value`` lines, like kubectl describe."""
     lines: list[tuple[str, Any]] = [
         ("ID", task.id),
         ("Fleet", f"{task.namespace}/{task.fleet}"),
@@ -268,8 +282,7 @@ def _show_task(args: argparse.Namespace, task: wire.Task) -> None:
     if task.result is not None:
         lines.append(("Result", json.dumps(task.result)))
     width = max(len(label) for label, _ in lines)
-    for label, value in lines:
-        print(f"{label + ':':<{width + 1}} {value}")
+    return "\n".join(f"{label + ':':<{width + 1}} {value}" for label, value in lines)
 
 
 def _time(seconds: float) -> str:

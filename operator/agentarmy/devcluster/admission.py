@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentarmy.devcluster.cluster import DevCluster, ExistingCluster, free_port
+from agentarmy.api import labels
+from agentarmy.devcluster.cluster import DevCluster, ExistingCluster
 from agentarmy.devcluster.pki import CertificateAuthority, CertPair
-from agentarmy.operator import labels
+from agentarmy.devcluster.processes import free_port
 from agentarmy.operator.webhookconfig import (
     CONFIGURATION_NAME,
     SERVICE_NAME,

@@ -31,6 +31,8 @@ HELM_VERSION = "v3.22.0"
 
 KUBE_COMPONENTS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 STATIC_BUILD_TAGS = "selinux,notest,grpcnotrace"
+TICK_SECONDS = 15.0
+"""How often a running go command says it is still at work."""
 
 
 class BinaryError(RuntimeError):
@@ -115,26 +117,73 @@ def _go_env() -> dict[str, str]:
     return env
 
 
-def _run_go(args: list[str], cwd: Path, what: str) -> str:
-    proc = subprocess.run(
-        [_go(), *args], cwd=cwd, env=_go_env(), capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+def build_log(component: Component) -> Path:
+    """Where the go commands that build ``component`` write their output."""
+    return cache_dir() / "logs" / f"build-{component.name}-{component.version}.log"
+
+
+def _run_go(args: list[str], cwd: Path, what: str, component: Component, counts: str = "") -> str:
+    """Run go and return its stdout; its stderr goes to the component's build log.
+
+    A cold build takes minutes on 2 cores, so the step is announced and then ticks every
+    TICK_SECONDS with the time elapsed and, with ``counts``, how many lines go wrote since
+    (`go build -v` writes one per package it compiles)."""
+    log = build_log(component)
+    progress(f"  go {args[0]}: {what}")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with log.open("a") as err, tempfile.TemporaryFile("w+") as out:
+        err.write(f"$ go {' '.join(args)}\n")
+        err.flush()
+        start_offset = err.tell()
+        proc = subprocess.Popen(
+            [_go(), *args], cwd=cwd, env=_go_env(), stdout=out, stderr=err, text=True
+        )
+        try:
+            while True:
+                try:
+                    code = proc.wait(timeout=TICK_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    tick = f"  {what}: {_clock(time.monotonic() - started)} elapsed"
+                    if counts:
+                        tick += f", {_log_since(log, start_offset).count(chr(10))} {counts}"
+                    progress(tick)
+        finally:
+            if proc.poll() is None:  # interrupted: leave no go process behind
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        stdout = out.read()
+    if code != 0:
+        tail = " | ".join(_log_since(log, start_offset).strip().splitlines()[-3:])
         raise BinaryError(
             f"{what} failed (go {' '.join(args[:2])}): {tail or 'no output'}; "
-            "check that the Go module proxy is reachable (GOPROXY) and retry"
+            f"full output in {log}; check that the Go module proxy is reachable (GOPROXY) "
+            "and retry"
         )
-    return proc.stdout
+    return stdout
 
 
-def _staging_modules(version: str, workdir: Path) -> list[str]:
+def _log_since(log: Path, offset: int) -> str:
+    with log.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
+
+
+def _staging_modules(component: Component, workdir: Path) -> list[str]:
     """Modules that k8s.io/kubernetes requires at v0.0.0 (its ./staging replaces)."""
     info = json.loads(
         _run_go(
-            ["mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
+            ["mod", "download", "-json", f"k8s.io/kubernetes@{component.version}"],
             workdir,
             "downloading k8s.io/kubernetes",
+            component,
         )
     )
     gomod = Path(info["GoMod"]).read_text()
@@ -175,7 +224,7 @@ def build_kubernetes() -> None:
     c = KUBERNETES
     staging_minor = "v0." + c.version.lstrip("v").split(".", 1)[1]
     with tempfile.TemporaryDirectory() as scratch:
-        staging = _staging_modules(c.version, Path(scratch))
+        staging = _staging_modules(c, Path(scratch))
     replaces = "\n".join(f"\t{m} => {m} {staging_minor}" for m in staging)
     src = _wrapper_module(
         f"kubernetes-{c.version}",
@@ -187,11 +236,13 @@ def build_kubernetes() -> None:
         ["get", "-tool", *(f"{p}@{c.version}" for p in packages)],
         src,
         "resolving the Kubernetes modules",
+        c,
     )
     out = _fresh_dir(c)
     _run_go(
         [
             "build",
+            "-v",
             "-trimpath",
             "-tags",
             STATIC_BUILD_TAGS,
@@ -203,6 +254,8 @@ def build_kubernetes() -> None:
         ],
         src,
         "building kube-apiserver, kube-controller-manager, kube-scheduler",
+        c,
+        counts="packages compiled",
     )
 
 
@@ -210,12 +263,16 @@ def build_etcd() -> None:
     c = ETCD
     src = _wrapper_module(f"etcd-{c.version}", "module agentarmy.local/etcdbuild\n\ngo 1.26.0\n")
     _run_go(
-        ["get", "-tool", f"go.etcd.io/etcd/server/v3@{c.version}"], src, "resolving the etcd module"
+        ["get", "-tool", f"go.etcd.io/etcd/server/v3@{c.version}"],
+        src,
+        "resolving the etcd module",
+        c,
     )
     out = _fresh_dir(c)
     _run_go(
         [
             "build",
+            "-v",
             "-trimpath",
             "-ldflags",
             "-s -w",
@@ -225,6 +282,8 @@ def build_etcd() -> None:
         ],
         src,
         "building etcd",
+        c,
+        counts="packages compiled",
     )
 
 
@@ -233,6 +292,7 @@ def build_kwok() -> None:
     out = _fresh_dir(c)
     env_gobin = [
         "install",
+        "-v",
         "-trimpath",
         "-ldflags",
         f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={c.version}",
@@ -240,7 +300,7 @@ def build_kwok() -> None:
     ]
     os.environ["GOBIN"] = str(out)
     try:
-        _run_go(env_gobin, out, "building kwok")
+        _run_go(env_gobin, out, "building kwok", c, counts="packages compiled")
     finally:
         os.environ.pop("GOBIN", None)
     # The standalone kwok needs Stage documents; the module zip ships them.
@@ -249,6 +309,7 @@ def build_kwok() -> None:
             ["mod", "download", "-json", f"sigs.k8s.io/kwok@{c.version}"],
             out,
             "downloading the kwok module",
+            c,
         )
     )
     stages = Path(info["Dir"]) / "kustomize" / "stage"
@@ -261,12 +322,16 @@ def build_helm() -> None:
     c = HELM
     src = _wrapper_module(f"helm-{c.version}", "module agentarmy.local/helmbuild\n\ngo 1.26.0\n")
     _run_go(
-        ["get", "-tool", f"helm.sh/helm/v3/cmd/helm@{c.version}"], src, "resolving the helm module"
+        ["get", "-tool", f"helm.sh/helm/v3/cmd/helm@{c.version}"],
+        src,
+        "resolving the helm module",
+        c,
     )
     out = _fresh_dir(c)
     _run_go(
         [
             "build",
+            "-v",
             "-trimpath",
             "-ldflags",
             f"-s -w -X helm.sh/helm/v3/internal/version.version={c.version}",
@@ -276,6 +341,8 @@ def build_helm() -> None:
         ],
         src,
         "building helm",
+        c,
+        counts="packages compiled",
     )
 
 
@@ -287,20 +354,26 @@ BUILDERS = {
 }
 
 
-def ensure(names: Iterable[str] = ("etcd", "kwok", "kubernetes")) -> None:
-    """Build every listed component that is missing or half-built."""
+def ensure(names: Iterable[str] = ("etcd", "kwok", "kubernetes")) -> list[str]:
+    """Build every listed component that is missing or half-built; the names built (the
+    others were found complete in the cache: checksums checked)."""
+    built = []
     for name in names:
         component, build = BUILDERS[name]
         if component.is_complete():
             continue
+        log = build_log(component)
+        log.unlink(missing_ok=True)  # one build's output per log
         progress(
             f"building {name} {component.version} into {component.directory} "
-            "(a cold build takes minutes; it is cached afterwards)"
+            f"(a cold build takes minutes on 2 cores; cached afterwards); log: {log}"
         )
         started = time.monotonic()
         build()
         component.seal()
-        progress(f"built {name} in {time.monotonic() - started:.0f}s")
+        progress(f"built {name} in {_clock(time.monotonic() - started)}")
+        built.append(name)
+    return built
 
 
 def wheel_binary(command: str) -> Path:

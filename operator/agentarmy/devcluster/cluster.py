@@ -3,7 +3,8 @@ kube-controller-manager, kube-scheduler and kwok for simulated nodes.
 
 Certificates, ServiceAccount signing keys (so the TokenRequest API works),
 RBAC + Node authorization and the admission plugins webhooks need are all on.
-Every process binds 127.0.0.1 on a free port. ``stop()`` ends what ``start()``
+Every process binds 127.0.0.1 on a free port (picked again if another process
+takes it before the component binds it). ``stop()`` ends what ``start()``
 began; children of an attached cluster also die with the Python process that
 started them (PR_SET_PDEATHSIG), so an interrupted test run leaves nothing.
 """
@@ -11,7 +12,6 @@ started them (PR_SET_PDEATHSIG), so an interrupted test run leaves nothing.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,15 @@ import yaml
 from agentarmy.devcluster import binaries
 from agentarmy.devcluster.binaries import BinaryError
 from agentarmy.devcluster.pki import CertificateAuthority, service_account_keys
+from agentarmy.devcluster.processes import (
+    PORT_ATTEMPTS,
+    die_with_parent,
+    free_port,
+    listens,
+    log_size,
+    lost_port_race,
+    stop_process,
+)
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
@@ -49,13 +59,6 @@ class ClusterError(RuntimeError):
     """The control plane could not start; the message says why and what to do."""
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def require_free_port(port: int, what: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -68,18 +71,15 @@ def require_free_port(port: int, what: str) -> int:
     return port
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: the kernel kills the child when its parent exits."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 @dataclass
 class Component:
     name: str
-    args: list[str]
+    build_args: Callable[[], list[str]]  # read the ports afresh at each launch
     log: Path
+    ports: tuple[str, ...] = ()  # the Ports fields it binds that may be picked again
     process: subprocess.Popen[bytes] | None = None
+    log_offset: int = 0  # where this launch's output starts in the log
+    launches: int = 0
 
     def tail(self, lines: int = 15) -> str:
         try:
@@ -98,19 +98,20 @@ class Ports:
     scheduler: int = 0
     kwok: int = 0
 
-    def allocate(self) -> None:
+    def allocate(self) -> tuple[str, ...]:
+        """Pick a free port for every field not set; returns the fields it picked."""
         if self.apiserver:
             require_free_port(self.apiserver, "kube-apiserver")
-        for name in (
-            "etcd_client",
-            "etcd_peer",
-            "apiserver",
-            "controller_manager",
-            "scheduler",
-            "kwok",
-        ):
-            if not getattr(self, name):
-                setattr(self, name, free_port())
+        picked = tuple(name for name in PORT_FIELDS if not getattr(self, name))
+        self.pick_again(picked)
+        return picked
+
+    def pick_again(self, names: tuple[str, ...]) -> None:
+        for name in names:
+            setattr(self, name, free_port())
+
+
+PORT_FIELDS = ("etcd_client", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok")
 
 
 class KubectlAccess:
@@ -160,6 +161,7 @@ class DevCluster(KubectlAccess):
     ports: Ports = field(default_factory=Ports)
     components: list[Component] = field(default_factory=list)
     _owns_workdir: bool = False
+    _picked_ports: tuple[str, ...] = ()  # the ones a lost bind race may change
 
     # -- paths -----------------------------------------------------------------
     @property
@@ -199,17 +201,20 @@ class DevCluster(KubectlAccess):
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         self.pki.mkdir(exist_ok=True)
-        self.ports.allocate()
+        self._picked_ports = self.ports.allocate()
         deadline = time.monotonic() + timeout
         try:
             self._write_pki()
-            self._launch("etcd", self._etcd_args())
+            self._launch("etcd", self._etcd_args, ("etcd_client", "etcd_peer"))
             self._wait_for("etcd", self._etcd_healthy, deadline)
-            self._launch("kube-apiserver", self._apiserver_args())
+            self._launch("kube-apiserver", self._apiserver_args, ("apiserver",))
             self._wait_for("kube-apiserver", lambda: self._get("/readyz") == 200, deadline)
-            self._launch("kube-controller-manager", self._controller_manager_args())
-            self._launch("kube-scheduler", self._scheduler_args())
-            self._launch("kwok", self._kwok_args())
+            self._launch(
+                "kube-controller-manager", self._controller_manager_args, ("controller_manager",)
+            )
+            self._launch("kube-scheduler", self._scheduler_args, ("scheduler",))
+            self._launch("kwok", self._kwok_args, ("kwok",))
+            self._wait_for("every component to listen on its ports", self._all_listen, deadline)
             self._create_nodes()
             self._wait_for("nodes Ready", self._nodes_ready, deadline)
             self._wait_for("default ServiceAccount", self._default_service_account, deadline)
@@ -220,7 +225,7 @@ class DevCluster(KubectlAccess):
 
     def stop(self) -> None:
         for component in reversed(self.components):
-            _terminate(component.process)
+            stop_process(component.process, grace=10.0, group=True)
         self.components.clear()
         if self._owns_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -253,6 +258,10 @@ class DevCluster(KubectlAccess):
         ca.issue("scheduler", "system:kube-scheduler", client=True)
         ca.issue("kwok", "kwok-controller", organization="system:masters", client=True)
         service_account_keys(self.pki)
+        self._write_kubeconfigs()
+
+    def _write_kubeconfigs(self) -> None:
+        """Every user's kubeconfig, naming the API server's current port."""
         for user in ("admin", "controller-manager", "scheduler", "kwok"):
             self._write_kubeconfig(self.pki / f"{user}.kubeconfig", user)
         shutil.copy(self.pki / "admin.kubeconfig", self.kubeconfig)
@@ -379,26 +388,51 @@ class DevCluster(KubectlAccess):
             *configs,
         ]
 
-    def _launch(self, name: str, args: list[str]) -> None:
+    def _launch(
+        self, name: str, build_args: Callable[[], list[str]], ports: tuple[str, ...]
+    ) -> None:
         assert self.workdir is not None
-        log = self.workdir / "logs" / f"{name}.log"
-        component = Component(name, args, log)
-        with log.open("ab") as out:
+        component = Component(name, build_args, self.workdir / "logs" / f"{name}.log", ports)
+        self._start(component)
+        self.components.append(component)
+
+    def _start(self, component: Component) -> None:
+        component.log_offset = log_size(component.log)
+        component.launches += 1
+        with component.log.open("ab") as out:
             component.process = subprocess.Popen(
-                args,
+                component.build_args(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
                 start_new_session=True,
-                preexec_fn=None if self.detached else _die_with_parent,
+                preexec_fn=None if self.detached else die_with_parent,
             )
-        self.components.append(component)
+
+    def _restart_on_fresh_ports(self, component: Component) -> bool:
+        """Start ``component`` again on newly picked ports if it exited because another
+        process took one of its ports first (ports the caller fixed stay fixed). Moving
+        is safe: a component that did not bind has not been waited for, and what
+        names its port (the API server's etcd URL, the kubeconfigs) starts only after."""
+        names = tuple(n for n in component.ports if n in self._picked_ports)
+        ports = [getattr(self.ports, n) for n in names]
+        if component.launches >= PORT_ATTEMPTS or not lost_port_race(
+            component.log, component.log_offset, ports
+        ):
+            return False
+        self.ports.pick_again(names)
+        if "apiserver" in names:
+            self._write_kubeconfigs()
+        self._start(component)
+        return True
 
     def _wait_for(self, what: str, ready: Any, deadline: float) -> None:
         while time.monotonic() < deadline:
             for component in self.components:
                 if component.process is not None and component.process.poll() is not None:
+                    if self._restart_on_fresh_ports(component):
+                        continue
                     raise ClusterError(
                         f"{component.name} exited with code {component.process.returncode} "
                         f"while waiting for {what}; its log ({component.log}) ends with:\n"
@@ -409,6 +443,13 @@ class DevCluster(KubectlAccess):
                     return
             time.sleep(0.2)
         raise ClusterError(f"timed out waiting for {what}; logs are in {self.workdir}/logs")
+
+    def _all_listen(self) -> bool:
+        return all(
+            c.process is not None and listens(c.process.pid, getattr(self.ports, port))
+            for c in self.components
+            for port in c.ports
+        )
 
     def _etcd_healthy(self) -> bool:
         url = f"http://127.0.0.1:{self.ports.etcd_client}/health"
@@ -485,19 +526,6 @@ def _kwok_node(name: str, pods: int) -> dict[str, Any]:
             "capacity": {"cpu": "64", "memory": "256Gi", "pods": str(pods)},
         },
     }
-
-
-def _terminate(process: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
-    if process is None or process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=grace)
 
 
 def run_kubectl(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -12,13 +11,24 @@ import urllib.request
 from pathlib import Path
 
 from agentarmy.devcluster.admission import LocalAdmission
-from agentarmy.devcluster.cluster import free_port
+from agentarmy.devcluster.processes import (
+    PORT_ATTEMPTS,
+    free_port,
+    kill_process,
+    listens,
+    log_size,
+    lost_port_race,
+    stop_process,
+)
 
 OPERATOR_NAMESPACE = "agentarmy-system"
 
 
 class OperatorProcess:
-    """One operator replica on a free health port; short lease timings by default."""
+    """One operator replica on a free health port; short lease timings by default.
+
+    ``wait_ready`` starts it again on a fresh health port if another process took the
+    port first (until it was ready once: then the port is known to whoever reads it)."""
 
     def __init__(
         self,
@@ -33,6 +43,9 @@ class OperatorProcess:
         self.extra_env = {**(admission.operator_env() if admission else {}), **(extra_env or {})}
         self.identity = identity
         self.port = free_port()
+        self.port_may_move = True
+        self.launches = 0
+        self.log_offset = 0  # where the latest launch's output starts in the log
         self.lease_seconds = lease_seconds
         self.router_url = router_url
         self.log = Path(tempfile.mkstemp(prefix=f"operator-{identity}-", suffix=".log")[1])
@@ -50,6 +63,8 @@ class OperatorProcess:
             "AGENTARMY_ROUTER_URL": self.router_url,
             **self.extra_env,
         }
+        self.log_offset = log_size(self.log)
+        self.launches += 1
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "agentarmy.operator.main"],
@@ -88,27 +103,30 @@ class OperatorProcess:
 
     def wait_ready(self, timeout: float = 60.0) -> OperatorProcess:
         deadline = time.monotonic() + timeout
-        while not self.is_ready():
+        while not (self.is_ready() and listens(self.pid, self.port)):
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"operator {self.identity} exited:\n{self.tail()}")
+                if not self._lost_health_port():
+                    raise RuntimeError(f"operator {self.identity} exited:\n{self.tail()}")
+                self.port = free_port()
+                self.start()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"operator {self.identity} not ready in {timeout:.0f}s")
             time.sleep(0.2)
+        self.port_may_move = False
         return self
 
+    def _lost_health_port(self) -> bool:
+        return (
+            self.port_may_move
+            and self.launches < PORT_ATTEMPTS
+            and lost_port_race(self.log, self.log_offset, [self.port])
+        )
+
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, grace=20)
 
     def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill_process(self.process)
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])

@@ -50,17 +50,19 @@ from lightkube.models.core_v1 import Container
 from lightkube.operators import exists
 from lightkube.resources.core_v1 import Node, Pod, PodStatus
 
+from agentarmy.api import labels
 from agentarmy.devcluster import podchroot
-from agentarmy.devcluster.cluster import _die_with_parent
 from agentarmy.devcluster.podenv import ObjectCache, PodConfigError, container_env, expand
 from agentarmy.devcluster.podvolumes import local_dir, materialize, mount_map, rewrite
+from agentarmy.devcluster.processes import die_with_parent, stop_process
 from agentarmy.logs import configure_json_logging
 
-AGENT_LABEL = "agentarmy.io/agent"
+AGENT_LABEL = labels.AGENT  # on agent pods only: the ones the runner starts
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 DEFAULT_GRACE_SECONDS = 30
 FIELD_MANAGER = "agentarmy-podrunner"
 RUNNER_LOG = "podrunner.log"
+RUNNER_STOP_SECONDS = 20.0  # the runner needs its children's grace (10 s by default) and more
 ROOTFS_ENV = "AGENTARMY_POD_ROOTFS"
 TERMINATION_LOG_BYTES = 2048  # a kubelet's FallbackToLogsOnError keeps at most this much
 NODE_RELIST_SECONDS = 5.0
@@ -458,7 +460,7 @@ class PodRunner:
                         stdout=out,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,  # its own process group, signalled as one
-                        preexec_fn=_die_with_parent,
+                        preexec_fn=die_with_parent,
                     )
                 except OSError as err:
                     raise StartError(f"cannot execute {argv[0]!r}: {err.strerror}") from err
@@ -753,28 +755,16 @@ def start_pod_runner(
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     deadline = time.monotonic() + timeout
     while not _synced(log_file, offset):
         if process.poll() is not None or time.monotonic() > deadline:
-            stop_pod_runner(process)
+            stop_process(process, grace=RUNNER_STOP_SECONDS)
             tail = log_file.read_text(errors="replace")[offset:][-2000:]
             raise RuntimeError(f"the pod runner did not start; its log ({log_file}) ends:\n{tail}")
         time.sleep(0.05)
     return process
-
-
-def stop_pod_runner(process: subprocess.Popen[bytes], timeout: float = 20.0) -> int:
-    """SIGTERM (the runner stops its children), SIGKILL if it takes longer than ``timeout``."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    return process.returncode
 
 
 @contextlib.contextmanager
@@ -784,7 +774,7 @@ def pod_runner(kubeconfig: Path, log_dir: Path, *options: str) -> Iterator[subpr
     try:
         yield process
     finally:
-        stop_pod_runner(process)
+        stop_process(process, grace=RUNNER_STOP_SECONDS)  # on SIGTERM it stops its children
 
 
 if __name__ == "__main__":

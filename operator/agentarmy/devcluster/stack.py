@@ -11,72 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from agentarmy.devcluster.admission import install_admission, remove_admission
-from agentarmy.devcluster.cluster import DevCluster, free_port
+from agentarmy.devcluster.cluster import DevCluster
 from agentarmy.devcluster.operator_process import OPERATOR_NAMESPACE, OperatorProcess
 from agentarmy.devcluster.podrunner import pod_runner
 from agentarmy.router.client import TRANSIENT, RouterClient, RouterError
-
-
-class RouterProcess:
-    """The router as a child process on a free loopback port."""
-
-    def __init__(self, cluster: DevCluster, workdir: Path, tokens: list[dict[str, str]]) -> None:
-        self.cluster = cluster
-        self.workdir = workdir
-        self.port = free_port()
-        self.token_file = workdir / "router-tokens.yaml"
-        self.token_file.write_text(yaml.safe_dump(tokens))
-        self.token_file.chmod(0o600)
-        self.log = workdir / "logs" / "router.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> subprocess.Popen[bytes]:
-        c = self.cluster
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "agentarmy.cli.main",
-                    "router",
-                    f"--store=sqlite:///{self.workdir / 'router.db'}",
-                    f"--listen=127.0.0.1:{self.port}",
-                    f"--token-file={self.token_file}",
-                    "--token-review",
-                    f"--kube-server={c.server}",
-                    f"--kube-ca-file={c.ca_file}",
-                    f"--kube-client-cert={c.admin_cert_file}",
-                    f"--kube-client-key={c.admin_key_file}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        return self.process
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+from agentarmy.router.testing import RouterProcess, write_token_file
 
 
 @dataclass
@@ -89,6 +33,25 @@ class Stack:
     router: RouterProcess
     operator: OperatorProcess
     workdir: Path
+
+
+def _router(cluster: DevCluster, workdir: Path, tokens: list[dict[str, str]]) -> RouterProcess:
+    """The router on SQLite in ``workdir``; agents authenticate by TokenReview."""
+    token_file = write_token_file(workdir / "router-tokens.yaml", tokens)
+    token_file.chmod(0o600)
+    (workdir / "logs").mkdir(exist_ok=True)
+    return RouterProcess(
+        f"sqlite:///{workdir / 'router.db'}",
+        token_file,
+        workdir / "logs" / "router.log",
+        extra_args=[
+            "--token-review",
+            f"--kube-server={cluster.server}",
+            f"--kube-ca-file={cluster.ca_file}",
+            f"--kube-client-cert={cluster.admin_cert_file}",
+            f"--kube-client-key={cluster.admin_key_file}",
+        ],
+    )
 
 
 @contextlib.contextmanager
@@ -108,7 +71,7 @@ def local_stack(
         "wait", "--for=create", "serviceaccount/default", "-n", namespace, "--timeout=60s"
     )
     client_token, admin_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    router = RouterProcess(
+    router = _router(
         cluster,
         workdir,
         [

@@ -54,43 +54,50 @@ def selector_string(fleet: str, spec: FleetSpec) -> str:
 
 def agent_body(fleet: FleetView, spec: FleetSpec, name: str, hash_: str) -> dict[str, Any]:
     template = spec.template
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "Agent",
-        "metadata": {
-            "name": name,
-            "namespace": fleet.namespace,
-            "labels": {
-                **template.metadata.labels,
-                labels.FLEET: fleet.name,
-                labels.TEMPLATE_HASH: hash_,
-                labels.MANAGED_BY: labels.MANAGER,
-            },
-            "annotations": dict(template.metadata.annotations),
-            "ownerReferences": [
-                labels.owner_reference(API_VERSION, "Fleet", fleet.name, fleet.uid)
-            ],
-        },
-        "spec": template.spec.model_dump(mode="json", exclude_none=True),
+    agent_labels = {
+        **template.metadata.labels,
+        labels.FLEET: fleet.name,
+        labels.TEMPLATE_HASH: hash_,
+        labels.MANAGED_BY: labels.MANAGER,
     }
+    return _owned_agent(
+        fleet,
+        name,
+        agent_labels,
+        dict(template.metadata.annotations),
+        template.spec.model_dump(mode="json", exclude_none=True),
+    )
 
 
 def restored_agent_body(fleet: FleetView, source: AgentView, name: str) -> dict[str, Any]:
     """An Agent on an older template, copied from one still running it (a canary rolling
     back recreates the Agents it had replaced)."""
+    return _owned_agent(
+        fleet, name, dict(source.labels), dict(source.annotations), dict(source.spec)
+    )
+
+
+def _owned_agent(
+    fleet: FleetView,
+    name: str,
+    agent_labels: dict[str, str],
+    annotations: dict[str, str],
+    spec: dict[str, Any],
+) -> dict[str, Any]:
+    """An Agent the Fleet owns (deleting the Fleet deletes it)."""
     return {
         "apiVersion": API_VERSION,
         "kind": "Agent",
         "metadata": {
             "name": name,
             "namespace": fleet.namespace,
-            "labels": dict(source.labels),
-            "annotations": dict(source.annotations),
+            "labels": agent_labels,
+            "annotations": annotations,
             "ownerReferences": [
                 labels.owner_reference(API_VERSION, "Fleet", fleet.name, fleet.uid)
             ],
         },
-        "spec": dict(source.spec),
+        "spec": spec,
     }
 
 

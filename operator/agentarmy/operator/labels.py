@@ -1,4 +1,8 @@
-"""Labels, annotations and hashes the operator stamps on what it creates."""
+"""What the operator stamps on what it creates: labels, hashes, owner references.
+
+The label names are defined once in ``agentarmy.api.labels`` (the router, the pod
+runner and the policy library read them too); the operator's modules take them
+from here together with the helpers."""
 
 from __future__ import annotations
 
@@ -6,19 +10,33 @@ import hashlib
 import json
 from typing import Any
 
-DOMAIN = "agentarmy.io"
-AGENT = f"{DOMAIN}/agent"
-"""On Pods: the name of the owning Agent (the pod runner and the router key on it)."""
-FLEET = f"{DOMAIN}/fleet"
-"""On Agents and Pods: the owning Fleet (absent for standalone Agents)."""
-ROLE = f"{DOMAIN}/role"
-TEMPLATE_HASH = f"{DOMAIN}/template-hash"
-"""On Agents: hash of the Fleet template they were made from (rolling updates compare it)."""
-POD_HASH = f"{DOMAIN}/pod-hash"
-"""On Pods: hash of the rendered pod; a different desired hash replaces the Pod."""
-MANAGED_BY = "app.kubernetes.io/managed-by"
-MANAGER = "agentarmy-operator"
+from agentarmy.api.labels import (
+    AGENT,
+    DOMAIN,
+    FLEET,
+    MANAGED_BY,
+    MANAGER,
+    POD_HASH,
+    ROLE,
+    TEMPLATE_HASH,
+)
+
+__all__ = [
+    "AGENT",
+    "DOMAIN",
+    "FIELD_MANAGER",
+    "FLEET",
+    "MANAGED_BY",
+    "MANAGER",
+    "POD_HASH",
+    "ROLE",
+    "TEMPLATE_HASH",
+    "owner_reference",
+    "stable_hash",
+]
+
 FIELD_MANAGER = "agentarmy-operator"
+"""The operator's name in server-side apply's managedFields."""
 
 
 def stable_hash(value: Any, length: int = 10) -> str:

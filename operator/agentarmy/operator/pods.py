@@ -54,6 +54,8 @@ def _runtime_env(
         env.MODEL_ENDPOINT: model.endpoint,
         env.ALLOWED_TOOLS: ",".join(spec.tools.allowed),
     }
+    if spec.delegates:
+        values[env.DELEGATES] = json.dumps([d.model_dump() for d in spec.delegates])
     if model.temperature is not None:
         values[env.MODEL_TEMPERATURE] = str(model.temperature)
     if model.maxOutputTokens is not None:

@@ -182,7 +182,7 @@ def halted_condition(
     """Halted=True while the router's sentinel halts the fleet; Halted=False (Resumed) once
     it no longer does. A fleet never halted carries no Halted condition."""
     if halt is not None:
-        reason = c.HALTED_BY_RULE.get(halt.rule, "SentinelBoundBreached")
+        reason = c.HALTED_BY_RULE.get(halt.rule, c.SENTINEL_BOUND_BREACHED)
         return set_condition(conditions, c.HALTED, "True", reason, halt.message, generation)
     if any(existing.type == c.HALTED for existing in conditions):
         return set_condition(

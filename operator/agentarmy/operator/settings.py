@@ -8,7 +8,6 @@ import os
 from dataclasses import dataclass, field
 
 import kopf
-from kopf._cogs.structs.references import Selector
 
 from agentarmy.operator import labels
 
@@ -103,8 +102,9 @@ def kopf_settings() -> kopf.OperatorSettings:
     settings.peering.mandatory = False
     # Fixed kinds, cluster-wide: no CRD or namespace scanning.
     settings.scanning.disabled = True
-    # Only agent pods matter; filter them on the server, not after the wire.
-    settings.watching.label_selectors[Selector("v1", "pods")] = (
+    # Only agent pods matter; filter them on the server, not after the wire. (The key is
+    # kopf's public shorthand for Selector("v1", "pods"), as in its handler decorators.)
+    settings.watching.label_selectors["v1", "pods"] = (
         f"{labels.AGENT},{labels.MANAGED_BY}={labels.MANAGER}"
     )
     settings.watching.server_timeout = 300

@@ -77,6 +77,8 @@ class RuntimeRules:
     window_seconds: Limit | None = None
     max_tokens_per_hour: Limit | None = None
     max_cost_per_hour: Limit | None = None
+    max_task_depth: Limit | None = None
+    max_children_per_wait: Limit | None = None
     egress: Egress | None = None
 
     def tool_call(self, tool: str) -> ToolDecision:
@@ -109,6 +111,8 @@ class RuntimeRules:
                 maxTokensPerHour=limit(self.max_tokens_per_hour),
                 maxCostPerHour=limit(self.max_cost_per_hour),
             ),
+            maxTaskDepth=limit(self.max_task_depth),
+            maxChildrenPerWait=limit(self.max_children_per_wait),
         )
 
     @property
@@ -122,6 +126,8 @@ class RuntimeRules:
             or self.max_error_rate
             or self.max_tokens_per_hour
             or self.max_cost_per_hour
+            or self.max_task_depth
+            or self.max_children_per_wait
         )
 
 
@@ -204,6 +210,8 @@ def combine(
     """Fold ``policies`` (all of one mode) and an Agent's overrides into one RuntimeRules."""
     refs: list[str] = []
     max_replicas = tasks = burst = error_rate = min_tasks = window = tokens_hour = cost = None
+    depth: Limit | None = None
+    fan_out: Limit | None = None
     approval_timeout: Limit | None = None
     fail_on_rejection: str | None = None
     budgets: list[TokenBudget] = []
@@ -238,6 +246,8 @@ def combine(
                 window = _lowest(window, parse_duration(bounds.window), ref)
             tokens_hour = _lowest(tokens_hour, bounds.maxTokensPerHour, ref)
             cost = _lowest(cost, bounds.maxCostPerHour, ref)
+        depth = _lowest(depth, rules.maxTaskDepth, ref)
+        fan_out = _lowest(fan_out, rules.maxChildrenPerWait, ref)
         if rules.egress is not None:
             rule = rules.egress
             if egress is None:
@@ -275,6 +285,8 @@ def combine(
         window_seconds=window,
         max_tokens_per_hour=tokens_hour,
         max_cost_per_hour=cost,
+        max_task_depth=depth,
+        max_children_per_wait=fan_out,
         egress=egress,
     )
 

@@ -63,9 +63,10 @@ def check_tools(ctx: Context, subject: Subject) -> Iterator[Finding]:
     allowed, agent = ctx.rules.allowedTools, subject.agent
     if not allowed or agent is None:
         return
-    for i, tool in enumerate(agent.tools):
+    named = [(f"{agent.prefix}.tools.allowed[{i}]", t) for i, t in enumerate(agent.tools)]
+    named += [(f"{agent.prefix}.delegates[{i}].tool", t) for i, t in enumerate(agent.delegates)]
+    for field, tool in named:
         if not any(covers(pattern, tool) for pattern in allowed):
-            field = f"{agent.prefix}.tools.allowed[{i}]"
             yield ctx.finding(
                 "allowedTools", field, f'{field} "{tool}" is not allowed by {_listed(allowed)}'
             )
@@ -121,7 +122,7 @@ def _model(s: Subject) -> Hashable:
 
 
 def _tools(s: Subject) -> Hashable:
-    return None if s.agent is None else (s.agent.prefix, s.agent.tools)
+    return None if s.agent is None else (s.agent.prefix, s.agent.tools, s.agent.delegates)
 
 
 def _image(s: Subject) -> Hashable:

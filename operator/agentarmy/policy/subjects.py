@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from agentarmy.api import labels
 from agentarmy.api.agent import AgentSpec
 from agentarmy.api.fleet import FleetSpec
-from agentarmy.operator import labels  # names only: no I/O comes with it
 from agentarmy.policy.images import normalize_image
 
 FLEET_LABEL = labels.FLEET
@@ -40,6 +40,8 @@ class AgentFacts:
     model: str
     tools: tuple[str, ...]
     limits: frozenset[str]
+    delegates: tuple[str, ...] = ()
+    """Tool names of the Agent's delegates (other fleets offered to its model as tools)."""
 
     @classmethod
     def of(cls, spec: AgentSpec, prefix: str) -> AgentFacts:
@@ -50,6 +52,7 @@ class AgentFacts:
             model=spec.model.name,
             tools=tuple(spec.tools.allowed),
             limits=frozenset(spec.resources.limits),
+            delegates=tuple(d.tool for d in spec.delegates),
         )
 
     @property

@@ -218,7 +218,8 @@ class RouterApp:
 
     async def _metrics(self, scope: Scope, receive: Receive) -> tuple[int, bytes, bytes]:
         try:
-            await _principal(scope, self.authenticator)
+            principal = await _principal(scope, self.authenticator)
+            principal.check_metrics()
         except ApiError as error:
             return _json_error(error)
         return 200, PROMETHEUS, await self.service.render_metrics()

@@ -1,9 +1,10 @@
 """Who is calling: static tokens (outside a cluster) and TokenReview (agent pods in one).
 
 A principal is an admin (everything, e.g. the operator reading stats), a client
-(submits and reads tasks, optionally in one namespace) or an agent (acts only as
+(submits and reads tasks, optionally in one namespace), an agent (acts only as
 agents of one fleet in one namespace, and only as one named agent when the token
-says which). Authorization checks live next to the principal so they read as rules.
+says which) or a metrics reader (reads /metrics and nothing else: a Prometheus scraper).
+Authorization checks live next to the principal so they read as rules.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import aiohttp
 import yaml
 from pydantic import Field, TypeAdapter
 
+from agentarmy.api import labels as pod_labels
 from agentarmy.api import runtime_env
 from agentarmy.api.common import DNSLabel, Model
 from agentarmy.router.errors import forbidden
 
 log = logging.getLogger(__name__)
 
-Role = Literal["admin", "client", "agent"]
+Role = Literal["admin", "client", "agent", "metrics"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class Principal:
         """May this principal submit, read or cancel tasks in ``namespace``?"""
         if self.role == "agent":
             raise forbidden(f"{self.name} is an agent; agents hand off work through their lease")
+        if self.role == "metrics":
+            raise forbidden(f"{self.name} is a metrics reader; it may read /metrics only")
         if self.role == "client" and self.namespace is not None and namespace != self.namespace:
             raise forbidden(
                 f"{self.name} may only use namespace {self.namespace!r}, not {namespace!r}"
@@ -67,6 +71,16 @@ class Principal:
     def check_admin(self) -> None:
         if self.role != "admin":
             raise forbidden(f"{self.name} is not an admin")
+
+    def check_metrics(self) -> None:
+        """May this principal read /metrics? Admins and metrics readers: the figures name
+        every namespace's fleets, so a client of one namespace or an agent may not."""
+        if self.role not in ("admin", "metrics"):
+            raise forbidden(
+                f"{self.name} (role {self.role}) may not read /metrics: it is for admin and"
+                " metrics tokens (a static token of role metrics, or a ServiceAccount given"
+                " by --metrics-sa)"
+            )
 
 
 class Authenticator(Protocol):
@@ -93,6 +107,11 @@ class StaticTokens:
         for entry in entries:
             if entry.role == "agent" and (entry.namespace is None or entry.fleet is None):
                 raise ValueError(f"token {entry.name!r}: agent tokens need a namespace and a fleet")
+            if entry.role == "metrics" and (entry.namespace or entry.fleet or entry.agent):
+                raise ValueError(
+                    f"token {entry.name!r}: metrics tokens read every fleet's figures;"
+                    " give them no namespace, fleet or agent"
+                )
         self._by_digest = {
             _digest(e.token): Principal(e.name, e.role, e.namespace, e.fleet, e.agent)
             for e in entries
@@ -141,7 +160,9 @@ class TokenReviewer:
     The token must be issued for ``audience`` and bound to a pod; the pod's
     ``agentarmy.io/fleet`` (and ``agentarmy.io/agent``) labels, set by the operator,
     say which fleet it may serve. ServiceAccounts in ``admins`` (``namespace:name``)
-    are admins (the operator reading stats). Answers are cached briefly.
+    are admins (the operator reading stats), those in ``clients`` clients of their
+    namespace, those in ``metrics`` metrics readers (a Prometheus scraper). Answers are
+    cached briefly.
     """
 
     def __init__(
@@ -151,11 +172,13 @@ class TokenReviewer:
         admins: Sequence[str] = (),
         clients: Sequence[str] = (),
         cache_seconds: float = 60.0,
+        metrics: Sequence[str] = (),
     ) -> None:
         self.kube = kube
         self.audience = audience
         self.admins = frozenset(admins)
         self.clients = frozenset(clients)
+        self.metrics = frozenset(metrics)
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -208,6 +231,8 @@ class TokenReviewer:
             return Principal(username, "admin")
         if f"{namespace}:{account}" in self.clients:
             return Principal(username, "client", namespace=namespace)
+        if f"{namespace}:{account}" in self.metrics:
+            return Principal(username, "metrics")
         return await self._agent_from_pod(username, namespace, user.get("extra", {}))
 
     async def _agent_from_pod(
@@ -230,10 +255,10 @@ class TokenReviewer:
             return None  # a newer pod with the same name; the token belongs to a deleted one
         labels: dict[str, str] = metadata.get("labels", {})
         # A standalone Agent is its own fleet of one (see runtime_env.FLEET).
-        fleet = labels.get(runtime_env.POD_LABEL_FLEET) or labels.get(runtime_env.POD_LABEL_AGENT)
+        fleet = labels.get(pod_labels.FLEET) or labels.get(pod_labels.AGENT)
         if not fleet:
             log.info(
-                "pod %s/%s has no %s label", namespace, pod_names[0], runtime_env.POD_LABEL_FLEET
+                "pod %s/%s has no %s label", namespace, pod_names[0], pod_labels.FLEET
             )
             return None
         return Principal(
@@ -241,7 +266,7 @@ class TokenReviewer:
             "agent",
             namespace=namespace,
             fleet=fleet,
-            agent=labels.get(runtime_env.POD_LABEL_AGENT),
+            agent=labels.get(pod_labels.AGENT),
         )
 
 

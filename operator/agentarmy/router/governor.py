@@ -17,11 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agentarmy.api import wire
-from agentarmy.api.rules import BudgetRule, FleetRules, Halt, Resumed
+from agentarmy.api.rules import BudgetRule, FleetRules, Halt, Resumed, RuleLimit
 from agentarmy.logs import log_fields
 from agentarmy.policy.effective import judge_tool
 from agentarmy.router import governance
-from agentarmy.router.errors import ApiError
+from agentarmy.router.errors import ApiError, bad_request
 from agentarmy.router.governance import FleetWindow, RateLimit
 from agentarmy.router.store.governance import Change, FleetKey, GovernanceState
 
@@ -40,6 +40,21 @@ def too_many(code: str, message: str, retry_after: float, policy: str, rule: str
     if seconds is not None:
         error.headers = [(b"retry-after", str(seconds).encode())]
         error.retry_after = seconds
+    return error
+
+
+def _bound(default: int, rule: RuleLimit | None) -> RuleLimit:
+    """The lower of the router's default and a Policy's limit (policy "" for the default)."""
+    if rule is not None and rule.value < default:
+        return rule
+    return RuleLimit.model_construct(value=default, policy="")
+
+
+def _over_bound(message: str, policy: str, rule: str) -> ApiError:
+    if not policy:
+        return bad_request(message, "tasks")
+    error = bad_request(f"{message}: policy {policy}, rule {rule}", "tasks")
+    error.policy, error.rule = policy, rule
     return error
 
 
@@ -126,16 +141,27 @@ class Governor:
         timeout = rules.approvalTimeoutSeconds
         return (timeout.value if timeout else DEFAULT_APPROVAL_TIMEOUT), rules.onRejection
 
-    def workflow_bounds(self, namespace: str, fleet: str) -> tuple[int, int]:
-        """(deepest tree, most children per wait) for a parent of this fleet: the router's
-        defaults, lowered by the fleet's Policies."""
+    def refuse_spawn(self, namespace: str, fleet: str, parent: wire.Task, children: int) -> None:
+        """A 400 when a parent of this fleet may not start ``children`` more tasks: the tree
+        would grow deeper, or the wait wider, than the router's defaults or the fleet's
+        Policies allow (naming the Policy and its rule)."""
         rules = self.rules.get((namespace, fleet))
-        depth, children = wire.MAX_DEPTH, wire.MAX_CHILDREN
-        if rules is not None and rules.maxTaskDepth is not None:
-            depth = min(depth, int(rules.maxTaskDepth.value))
-        if rules is not None and rules.maxChildrenPerWait is not None:
-            children = min(children, int(rules.maxChildrenPerWait.value))
-        return depth, children
+        where = f"fleet {namespace}/{fleet}"
+        depth = _bound(wire.MAX_DEPTH, rules.maxTaskDepth if rules else None)
+        if parent.depth + 1 > depth.value:
+            raise _over_bound(
+                f"task {parent.id} is at depth {parent.depth}: {where} allows trees "
+                f"{depth.value:g} deep",
+                depth.policy,
+                "maxTaskDepth",
+            )
+        wide = _bound(wire.MAX_CHILDREN, rules.maxChildrenPerWait if rules else None)
+        if children > wide.value:
+            raise _over_bound(
+                f"{children} children: {where} allows at most {wide.value:g} per wait",
+                wide.policy,
+                "maxChildrenPerWait",
+            )
 
     def watches(self, task: wire.Task) -> bool:
         """Does the sentinel of the task's fleet count this change (an attempt ending)?"""

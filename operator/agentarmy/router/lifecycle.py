@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from pydantic_core import to_json
 
 from agentarmy.api import wire
 from agentarmy.api.common import parse_duration
@@ -439,17 +442,26 @@ def waits_for(parent: Task, child: Task) -> bool:
     )
 
 
-def settle_join(parent: Task, phases: dict[str, int], now: float) -> Task | None:
+def join_ends(mode: wire.JoinMode, phases: Mapping[str, int]) -> bool:
+    """Given the phases of a round's children (phase -> count), does the join end now:
+    every child ended, or (failFast) one of them did not succeed?"""
+    if all(phase in TERMINAL_PHASES for phase, n in phases.items() if n > 0):
+        return True
+    return mode == "failFast" and any(
+        n > 0 for phase, n in phases.items() if phase in UNSUCCESSFUL_PHASES
+    )
+
+
+def settle_join(parent: Task, phases: Mapping[str, int], now: float) -> Task | None:
     """The join, level-based: given the phases of the round's children (phase -> count),
     the parent queued again to resume, or None while it must keep waiting (or is not
     waiting at all). Applying it twice changes nothing: only a waiting parent resumes."""
     join = parent.join
     if parent.phase != "WaitingForChildren" or join is None:
         return None
-    pending = sum(n for phase, n in phases.items() if phase not in TERMINAL_PHASES)
-    failed = sum(n for phase, n in phases.items() if phase in UNSUCCESSFUL_PHASES)
-    if pending > 0 and not (join.mode == "failFast" and failed > 0):
+    if not join_ends(join.mode, phases):
         return None
+    failed = sum(n for phase, n in phases.items() if phase in UNSUCCESSFUL_PHASES)
     resumed = join.model_copy(
         update={
             "resumedAt": now,
@@ -461,13 +473,55 @@ def settle_join(parent: Task, phases: dict[str, int], now: float) -> Task | None
     return parent.model_copy(update={"phase": "Queued", "availableAt": now, "join": resumed})
 
 
-def child_outcome(child: Task) -> wire.ChildOutcome:
+MAX_CHILD_RESULTS_BYTES = 8 * 1024 * 1024
+"""Children's inputs and results a resumed lease carries, in all (1,000 children of
+256 KiB each would otherwise make a 256 MiB lease)."""
+
+
+MARKER_BYTES = 200
+"""At most what an omitted child's marker adds to the lease (its task id and a reason)."""
+
+
+def child_outcome(child: Task, omit: bool = False) -> wire.ChildOutcome:
+    """``omit``: the result (and input) left out, a marker naming the child instead."""
     return wire.ChildOutcome(
         taskId=child.id,
         fleet=child.fleet,
         capability=child.capability,
         phase=child.phase,
-        input=child.input,
-        result=child.result,
+        input={} if omit else child.input,
+        result=omitted_marker(child.id) if omit else child.result,
         error=child.error,
     )
+
+
+def omitted_marker(task_id: str) -> dict[str, object]:
+    """What a resumed lease carries for a child whose result is too large to carry."""
+    return {
+        "omitted": True,
+        "taskId": task_id,
+        "reason": "too large to carry in the parent's lease: GET /v1/tasks/" + task_id,
+    }
+
+
+def child_outcomes(
+    children: list[Task], budget: int = MAX_CHILD_RESULTS_BYTES
+) -> list[wire.ChildOutcome]:
+    """The round's outcomes for the resumed parent's lease, within ``budget`` bytes of JSON
+    in all: the smallest inputs and results are carried whole while they fit (room kept for
+    a marker per child), a larger one as a marker with its task id (fetch it by that)."""
+    sizes = [_payload_bytes(child) for child in children]
+    omit = [True] * len(children)
+    left = budget
+    by_size = sorted(range(len(children)), key=sizes.__getitem__)
+    for place, index in enumerate(by_size):
+        markers = MARKER_BYTES * (len(children) - place - 1)
+        if sizes[index] + markers > left:
+            break  # every larger one is left out too
+        omit[index] = False
+        left -= sizes[index]
+    return [child_outcome(c, o) for c, o in zip(children, omit, strict=True)]
+
+
+def _payload_bytes(child: Task) -> int:
+    return len(to_json(child.input)) + len(to_json(child.result))

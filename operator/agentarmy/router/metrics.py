@@ -74,6 +74,14 @@ class RouterMetrics:
             ["namespace", "fleet"],
             registry=self.registry,
         )
+        self.tasks_waiting = Gauge(
+            "agentarmy_router_tasks_waiting",
+            "Tasks parked without a lease, per fleet: phase AwaitingApproval (a person "
+            "decides on a tool call) or WaitingForChildren (a parent waits for its join). "
+            "Store-wide: every router replica reports the same count.",
+            ["namespace", "fleet", "phase"],
+            registry=self.registry,
+        )
         self.breaker_transitions = Counter(
             "agentarmy_router_breaker_transitions",
             "Agents' circuit breakers moving (routing by results): to open, half-open, closed.",
@@ -115,9 +123,15 @@ class RouterMetrics:
             self.queue_depth.labels(namespace, fleet, str(priority)).set(count)
         self.live_agents.clear()
         self.halted.clear()
+        self.tasks_waiting.clear()
         for fleet_stats in stats.fleets:
             if fleet_stats.halt is not None:
                 self.halted.labels(fleet_stats.namespace, fleet_stats.fleet).set(1)
+            # From the counts the stats hold already: no query of its own per scrape.
+            waiting = self.tasks_waiting
+            where = (fleet_stats.namespace, fleet_stats.fleet)
+            waiting.labels(*where, "AwaitingApproval").set(fleet_stats.awaitingApproval)
+            waiting.labels(*where, "WaitingForChildren").set(fleet_stats.waitingForChildren)
             live = sum(1 for agent in fleet_stats.agents if agent.live)
             self.live_agents.labels(fleet_stats.namespace, fleet_stats.fleet).set(live)
         return generate_latest(self.registry)

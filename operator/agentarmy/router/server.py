@@ -50,6 +50,8 @@ class RouterConfig:
     kube: KubeAccess | None = None
     admin_service_accounts: list[str] = field(default_factory=list)
     client_service_accounts: list[str] = field(default_factory=list)
+    metrics_service_accounts: list[str] = field(default_factory=list)
+    """``namespace:name`` ServiceAccounts that may read /metrics and nothing else."""
     lease_seconds: float = 30.0
     retry_base_seconds: float = 1.0
     retry_cap_seconds: float = 300.0
@@ -72,7 +74,10 @@ def build_authenticator(config: RouterConfig) -> Authenticator:
         kube = config.kube or KubeAccess.in_cluster()
         chain.append(
             TokenReviewer(
-                kube, admins=config.admin_service_accounts, clients=config.client_service_accounts
+                kube,
+                admins=config.admin_service_accounts,
+                clients=config.client_service_accounts,
+                metrics=config.metrics_service_accounts,
             )
         )
     if not chain:

@@ -117,7 +117,7 @@ class RouterService:
             if query.namespace is None:
                 query = TaskQuery(**{**query.__dict__, "namespace": principal.namespace})
             principal.check_caller(query.namespace or "")
-        elif principal.role == "agent":
+        elif principal.role != "admin":  # agents and metrics readers: refused, with why
             principal.check_caller(query.namespace or "")
         return await self.store.list_tasks(query)
 
@@ -195,7 +195,7 @@ class RouterService:
             if tools is not None:
                 lease.tools = tools
             if task.join is not None and task.join.resumedAt is not None:
-                lease.children = [lifecycle.child_outcome(c) for c in await self._round(task)]
+                lease.children = lifecycle.child_outcomes(await self._round(task))
         return wire.ClaimResponse(tasks=leases, results=acks)
 
     def _on_claimed(self, agent: AgentInfo, tasks: list[Task]) -> None:
@@ -319,19 +319,7 @@ class RouterService:
         holder = lifecycle.agent_id(namespace, name)
         parent = await self.store.get(parent_id)
         assert parent is not None  # _leaseholder found it
-        max_depth, max_children = self.governor.workflow_bounds(namespace, agent.fleet)
-        if parent.depth + 1 > max_depth:
-            raise bad_request(
-                f"task {parent_id} is at depth {parent.depth}: fleet {namespace}/{agent.fleet}"
-                f" allows trees {max_depth} deep",
-                "tasks",
-            )
-        if len(request.tasks) > max_children:
-            raise bad_request(
-                f"{len(request.tasks)} children: fleet {namespace}/{agent.fleet} allows at"
-                f" most {max_children} per wait",
-                "tasks",
-            )
+        self.governor.refuse_spawn(namespace, agent.fleet, parent, len(request.tasks))
         for index, child in enumerate(request.tasks):
             if child.namespace != namespace:
                 raise bad_request(

@@ -1,14 +1,14 @@
 """Real processes for tests, demos and benchmarks: a nats-server and a router.
 
-Both bind 127.0.0.1 on a free port, keep their data in a directory the caller
-owns, and are stopped (SIGTERM, then SIGKILL) when the context ends.
+Both bind 127.0.0.1 on a free port (a fresh one if another process takes it
+first), keep their data in a directory the caller owns, and are stopped
+(SIGTERM, then SIGKILL) when the context ends.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,12 +20,14 @@ from types import TracebackType
 
 import yaml
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from agentarmy.devcluster.processes import (
+    ProcessExited,
+    free_port,
+    kill_process,
+    listens,
+    start_on_free_port,
+    stop_process,
+)
 
 
 def nats_server_binary() -> str:
@@ -47,25 +49,18 @@ def wait_for_port(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(
+            raise ProcessExited(
                 f"process exited with {process.returncode} before listening on {port}"
             )
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+        if process is not None:
+            if listens(process.pid, port):  # itself, not whoever else took the port
                 return
+        else:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
-def stop_process(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 class NatsServer:
@@ -74,12 +69,26 @@ class NatsServer:
     def __init__(self, store_dir: Path, port: int | None = None) -> None:
         self.store_dir = store_dir
         self.port = port or free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
+        self.port_may_move = port is None  # until started once: then clients know the url
+        self.log_file = store_dir / "nats-server.log"
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.store_dir / "nats-server.log").open("ab")
+        pick_port = self._pick_port if self.port_may_move else None
+        start_on_free_port(self._launch, self.log_file, lambda: self.port, pick_port)
+        self.port_may_move = False
+        return self
+
+    def _pick_port(self) -> None:
+        self.port = free_port()
+
+    def _launch(self) -> None:
+        log = self.log_file.open("ab")
         self.process = subprocess.Popen(
             [
                 nats_server_binary(),
@@ -95,11 +104,9 @@ class NatsServer:
             stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port, 30, self.process)
-        return self
 
     def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
+        stop_process(self.process)
 
     def __enter__(self) -> NatsServer:
         return self.start()
@@ -114,7 +121,9 @@ def write_token_file(path: Path, entries: list[dict[str, str]]) -> Path:
 
 
 class RouterProcess:
-    """``armyctl router`` as a child process; restartable (same port, same store)."""
+    """``armyctl router`` as a child process; restartable (same port, same store).
+
+    The port (so ``url``) is final once the first ``start()`` has returned."""
 
     def __init__(
         self,
@@ -129,12 +138,27 @@ class RouterProcess:
         self.token_file = token_file
         self.log_file = log_file
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port_may_move = port is None  # until started once: then clients know the url
         self.extra_args = extra_args or []
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self, timeout: float = 60) -> RouterProcess:
+        pick_port = self._pick_port if self.port_may_move else None
+        start_on_free_port(
+            lambda: self._launch(timeout), self.log_file, lambda: self.port, pick_port
+        )
+        self.port_may_move = False
+        return self
+
+    def _pick_port(self) -> None:
+        self.port = free_port()
+
+    def _launch(self, timeout: float) -> None:
         command = [
             sys.executable,
             "-m",
@@ -153,18 +177,17 @@ class RouterProcess:
             command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(self.env or {})}
         )
         self.wait_ready(timeout)
-        return self
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(
+                raise ProcessExited(
                     f"router exited with {self.process.returncode}; see {self.log_file}"
                 )
             try:
                 with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as reply:
-                    if reply.status == 200:
+                    if reply.status == 200 and listens(self.pid, self.port):
                         return
             except (urllib.error.URLError, OSError):
                 pass
@@ -173,13 +196,10 @@ class RouterProcess:
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, like a node losing power (minus the OS)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill_process(self.process)
 
     def stop(self) -> None:
-        if self.process is not None:
-            stop_process(self.process)
+        stop_process(self.process)
 
     @property
     def pid(self) -> int:

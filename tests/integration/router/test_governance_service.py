@@ -19,6 +19,9 @@ from agentarmy.router.store.base import TaskStore
 
 OpenStore = Callable[..., Awaitable[TaskStore]]
 ADMIN = Principal("ops", "admin")
+WAITING_APPROVAL = (
+    'agentarmy_router_tasks_waiting{fleet="f",namespace="ns",phase="AwaitingApproval"}'
+)
 AGENT = Principal("agents", "agent", namespace="ns", fleet="f")
 
 
@@ -75,6 +78,7 @@ async def test_an_approval_parks_without_a_lease_and_resumes_once(
     parked = await service.request_approval(AGENT, "ns", "a", lease.taskId, ask)
     assert parked.phase == "AwaitingApproval" and parked.leaseExpiresAt is None
     assert parked.attempts[-1].outcome == "Released"
+    assert f"{WAITING_APPROVAL} 1.0" in (await service.render_metrics()).decode()
     with pytest.raises(ApiError) as stale:  # the lease is gone: no second park, no result
         await service.request_approval(AGENT, "ns", "a", lease.taskId, ask)
     assert stale.value.status == 409
@@ -87,6 +91,7 @@ async def test_an_approval_parks_without_a_lease_and_resumes_once(
 
     decided = await service.decide(ADMIN, lease.taskId, True, "ok")
     assert decided.phase == "Queued"
+    assert f"{WAITING_APPROVAL} 0.0" in (await service.render_metrics()).decode()
     with pytest.raises(ApiError) as twice:
         await service.decide(ADMIN, lease.taskId, False, "changed my mind")
     assert twice.value.status == 409 and "already approved" in twice.value.message

@@ -16,8 +16,9 @@ import pytest
 from agentarmy.api import runtime_env as env
 from agentarmy.api import wire
 from agentarmy.api.task import TERMINAL_PHASES
+from agentarmy.devcluster.processes import stop_process
 from agentarmy.router.client import RouterClient
-from agentarmy.router.testing import NatsServer, RouterProcess, stop_process, write_token_file
+from agentarmy.router.testing import NatsServer, RouterProcess, write_token_file
 
 pytestmark = pytest.mark.integration
 ADMIN = "replica-admin-token-01"

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agentarmy.api import runtime_env
+from agentarmy.api import labels, runtime_env
 from agentarmy.router.auth import KubeAccess, TokenReviewer
 from agentarmy.router.testing import RouterProcess, write_token_file
 
@@ -50,15 +50,15 @@ def token(cluster: Any, namespace: str, account: str, audience: str, pod: str | 
 
 @pytest.fixture
 def tokens(cluster: Any, namespace: str) -> dict[str, str]:
-    for account in ("agents", "operator"):
+    for account in ("agents", "operator", "scraper"):
         cluster.kubectl("create", "serviceaccount", account, "-n", namespace)
     create_pod(
         cluster,
         namespace,
         "fa-0-pod",
-        {runtime_env.POD_LABEL_FLEET: "fa", runtime_env.POD_LABEL_AGENT: "fa-0"},
+        {labels.FLEET: "fa", labels.AGENT: "fa-0"},
     )
-    create_pod(cluster, namespace, "loner", {runtime_env.POD_LABEL_AGENT: "loner"})
+    create_pod(cluster, namespace, "loner", {labels.AGENT: "loner"})
     create_pod(cluster, namespace, "unlabelled", {})
     audience = runtime_env.TOKEN_AUDIENCE
     return {
@@ -70,6 +70,7 @@ def tokens(cluster: Any, namespace: str) -> dict[str, str]:
         ),
         "unbound": token(cluster, namespace, "agents", audience),
         "operator": token(cluster, namespace, "operator", audience),
+        "scraper": token(cluster, namespace, "scraper", audience),
     }
 
 
@@ -127,6 +128,8 @@ async def test_router_lets_a_pod_act_only_for_its_fleet(
         str(cluster.admin_key_file),
         "--admin-sa",
         f"{namespace}:operator",
+        "--metrics-sa",
+        f"{namespace}:scraper",
     ]
     with RouterProcess(
         f"sqlite:///{tmp_path}/router.db", static, tmp_path / "router.log", extra_args=args
@@ -158,3 +161,47 @@ async def test_router_lets_a_pod_act_only_for_its_fleet(
                 "/v1/stats", headers={"Authorization": f"Bearer {tokens['pod']}"}
             ) as r:
                 assert r.status == 403
+
+
+async def test_a_metrics_service_account_reads_metrics_only(
+    cluster: Any, namespace: str, tokens: dict[str, str], tmp_path: Path
+) -> None:
+    static = write_token_file(
+        tmp_path / "tokens.yaml",
+        [{"token": "static-admin-token-01", "name": "admin", "role": "admin"}],
+    )
+    args = [
+        "--token-review",
+        "--kube-server",
+        cluster.server,
+        "--kube-ca-file",
+        str(cluster.ca_file),
+        "--kube-client-cert",
+        str(cluster.admin_cert_file),
+        "--kube-client-key",
+        str(cluster.admin_key_file),
+        "--metrics-sa",
+        f"{namespace}:scraper",
+    ]
+    with RouterProcess(
+        f"sqlite:///{tmp_path}/router.db", static, tmp_path / "router.log", extra_args=args
+    ) as router:
+        scraper = {"Authorization": f"Bearer {tokens['scraper']}"}
+        task = {"namespace": namespace, "fleet": "fa", "capability": "echo"}
+        async with aiohttp.ClientSession(base_url=router.url) as http:
+            async with http.get("/metrics", headers=scraper) as r:
+                assert r.status == 200
+                assert "agentarmy_router_tasks_waiting" in await r.text()
+            for method, path, body in [
+                ("GET", "/v1/stats", None),
+                ("GET", f"/v1/tasks?namespace={namespace}", None),
+                ("POST", "/v1/tasks", task),
+                ("GET", "/v1/approvals", None),
+            ]:
+                async with http.request(method, path, json=body, headers=scraper) as r:
+                    assert r.status == 403, (method, path, await r.text())
+            # Without --metrics-sa the same account is nobody: the role is not implied.
+            async with http.get(
+                "/metrics", headers={"Authorization": f"Bearer {tokens['operator']}"}
+            ) as r:
+                assert r.status == 401

@@ -16,6 +16,7 @@ from agentarmy.agent.settings import AgentSettings
 from agentarmy.agent.skills import load_skills
 from agentarmy.api import wire
 from agentarmy.api.task import TERMINAL_PHASES
+from agentarmy.devcluster.processes import free_port
 from agentarmy.router.app import create_app
 from agentarmy.router.auth import StaticToken, StaticTokens
 from agentarmy.router.client import RouterClient
@@ -23,7 +24,6 @@ from agentarmy.router.lifecycle import RetryPolicy
 from agentarmy.router.service import RouterService, ServiceSettings
 from agentarmy.router.store.base import StoreSettings
 from agentarmy.router.store.sqlite import SqliteStore
-from agentarmy.router.testing import free_port
 
 ADMIN = StaticToken(token="admin-token-0000000001", name="admin", role="admin")
 AGENT = StaticToken(

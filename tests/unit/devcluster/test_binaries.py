@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,3 +64,41 @@ def test_taken_port_is_a_clear_error() -> None:
         port = sock.getsockname()[1]
         with pytest.raises(ClusterError, match=f"port {port} for kube-apiserver is already taken"):
             require_free_port(port, "kube-apiserver")
+
+
+def test_a_long_go_step_ticks_with_the_time_elapsed(
+    component: Component, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.setattr(binaries, "TICK_SECONDS", 0.01)  # `go list std` takes ~0.5 s
+    stdout = binaries._run_go(["list", "std"], tmp_path, "listing the library", component)
+    assert "net/http" in stdout.split()
+    said = capsys.readouterr().err
+    assert "[agentarmy]   go list: listing the library" in said
+    assert "[agentarmy]   listing the library: 0s elapsed" in said
+    assert "$ go list std" in binaries.build_log(component).read_text()
+
+
+def test_a_failed_go_step_names_its_log_and_last_lines(
+    component: Component, tmp_path: Path
+) -> None:
+    log = binaries.build_log(component)
+    with pytest.raises(BinaryError, match='no such tool "no-such-tool"') as failed:
+        binaries._run_go(["tool", "no-such-tool"], tmp_path, "running a tool", component)
+    assert f"full output in {log}" in str(failed.value)
+
+
+def test_ensure_builds_once_then_reports_the_cache(
+    component: Component, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    builds: list[str] = []
+
+    def build() -> None:
+        builds.append(component.name)
+        for name in component.binaries:
+            component.path(name).write_bytes(b"built\n")
+
+    monkeypatch.setitem(binaries.BUILDERS, component.name, (component, build))
+    assert binaries.ensure([component.name]) == [component.name]
+    assert "building tool v1.0.0" in capsys.readouterr().err
+    assert binaries.ensure([component.name]) == []  # complete: checked, not rebuilt
+    assert builds == [component.name]

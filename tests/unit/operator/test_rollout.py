@@ -6,10 +6,13 @@ from typing import Any
 
 import pytest
 
+from agentarmy.api import conditions
 from agentarmy.api.fleet import FleetSpec, FleetStatus
+from agentarmy.api.wire import Halt
 from agentarmy.operator.rollout import (
     Member,
     fleet_status,
+    halted_condition,
     least_useful_first,
     plan,
     rollout_bounds,
@@ -129,3 +132,30 @@ def test_status_while_scaling_up() -> None:
     assert conditions["Available"].status == "False"
     assert conditions["Reconciling"].status == "True"
     assert conditions["Progressing"].reason == "ScalingUp"
+
+
+@pytest.mark.parametrize(
+    ("rule", "reason"),
+    [
+        ("maxErrorRate", "ErrorRateAboveBound"),
+        ("maxCostPerHour", "CostPerHourAboveBound"),
+        ("maxLatencyP99", conditions.SENTINEL_BOUND_BREACHED),  # a bound from a newer router
+    ],
+)
+def test_a_halt_names_the_bound_breached(rule: str, reason: str) -> None:
+    halt = Halt(
+        namespace="ns",
+        fleet="f",
+        rule=rule,
+        policy="p",
+        measured=0.5,
+        bound=0.1,
+        message="over the bound",
+        haltedAt=0.0,
+    )
+    (halted,) = halted_condition([], halt, generation=3)
+    assert (halted.type, halted.status, halted.reason) == (conditions.HALTED, "True", reason)
+    assert halted.observedGeneration == 3
+    (resumed,) = halted_condition([halted], None, generation=4)
+    assert (resumed.status, resumed.reason) == ("False", conditions.RESUMED)
+    assert halted_condition([], None, generation=4) == []

@@ -35,6 +35,7 @@ TOKENS = {
         namespace="default",
         fleet="fleet-b",
     ),
+    "metrics": StaticToken(token="metrics-token-00000001", name="prometheus", role="metrics"),
     "only-a1": StaticToken(
         token="agent-token-0000000003",
         name="a1-only",

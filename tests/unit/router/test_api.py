@@ -131,6 +131,47 @@ async def test_clients_are_held_to_their_namespace_and_agents_to_their_fleet(api
     ).status_code == 403
 
 
+async def test_metrics_are_for_admins_and_metrics_readers_only(api: Api) -> None:
+    assert (await api.http.get("/metrics", headers=api.auth("metrics"))).status_code == 200
+    for who in ("client", "agent"):
+        refused = await api.http.get("/metrics", headers=api.auth(who))
+        assert refused.status_code == 403 and f"role {refused_role(who)}" in refused.text
+    assert (await register(api)).status_code == 200  # so a claim is refused for who asks
+    reader = api.auth("metrics")
+    task = {"fleet": "fleet-a", "capability": "echo"}
+    calls = [
+        api.http.get("/v1/tasks", headers=reader),
+        api.http.get("/v1/tasks?namespace=default", headers=reader),
+        api.http.post("/v1/tasks", json=task, headers=reader),
+        api.http.get("/v1/stats", headers=reader),
+        api.http.get("/v1/approvals", headers=reader),
+        api.http.post(f"{AGENT_PATH}/claim", json={"max": 1}, headers=reader),
+    ]
+    for call in calls:
+        reply = await call
+        assert reply.status_code == 403, (reply.request.url, reply.text)
+        assert "prometheus" in reply.json()["error"]["message"]
+
+
+def refused_role(who: str) -> str:
+    return "agent" if who == "agent" else "client"
+
+
+async def test_parked_tasks_are_a_gauge_per_fleet_and_phase(api: Api) -> None:
+    assert (await register(api)).status_code == 200
+    assert (await submit(api)).status_code == 201
+    (lease,) = (await claim(api))["tasks"]
+    children = {"attempt": lease["attempt"], "tasks": [{"fleet": "fleet-b", "capability": "echo"}]}
+    reply = await api.http.post(
+        f"{AGENT_PATH}/tasks/{lease['taskId']}/children", json=children, headers=api.auth("agent")
+    )
+    assert reply.status_code == 201, reply.text
+    text = (await api.http.get("/metrics", headers=api.auth("metrics"))).text
+    series = 'agentarmy_router_tasks_waiting{fleet="fleet-a",namespace="default",phase="%s"}'
+    assert series % "WaitingForChildren" + " 1.0" in text
+    assert series % "AwaitingApproval" + " 0.0" in text
+
+
 async def test_unregistered_agent_is_told_to_register(api: Api) -> None:
     reply = await api.http.post(f"{AGENT_PATH}/claim", json={}, headers=api.auth("agent"))
     assert reply.status_code == 404 and "register" in reply.json()["error"]["message"]

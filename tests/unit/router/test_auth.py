@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agentarmy.router.auth import KubeAccess, StaticTokens, TokenReviewer
+from agentarmy.router.auth import KubeAccess, Principal, Role, StaticTokens, TokenReviewer
 from agentarmy.router.errors import ApiError
 
 
@@ -35,6 +35,52 @@ def test_agent_tokens_need_a_fleet(tmp_path: Path) -> None:
     path = tmp_path / "tokens.yaml"
     path.write_text("- {token: cccccccccccccccc1, name: x, role: agent}\n")
     with pytest.raises(ValueError, match="namespace and a fleet"):
+        StaticTokens.from_file(path)
+
+
+async def test_a_metrics_token_reads_metrics_and_nothing_else(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text("- {token: dddddddddddddddd1, name: prometheus, role: metrics}\n")
+    reader = await StaticTokens.from_file(path).authenticate("dddddddddddddddd1")
+    assert reader is not None and reader.role == "metrics"
+    reader.check_metrics()
+    refusals = [
+        lambda: reader.check_caller("team"),  # submit, read, cancel, list, approvals, resume
+        lambda: reader.check_agent("team", "a", "fa"),  # register, claim, report
+        reader.check_admin,  # stats, rules, halts
+    ]
+    for refusal in refusals:
+        with pytest.raises(ApiError) as refused:
+            refusal()
+        assert refused.value.status == 403 and "prometheus" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("role", "namespace", "fleet", "readable"),
+    [
+        ("admin", None, None, True),
+        ("metrics", None, None, True),
+        ("client", None, None, False),  # /metrics names every namespace's fleets
+        ("client", "team", None, False),
+        ("agent", "team", "fa", False),
+    ],
+)
+def test_only_admins_and_metrics_readers_read_metrics(
+    role: Role, namespace: str | None, fleet: str | None, readable: bool
+) -> None:
+    principal = Principal("who", role, namespace, fleet)
+    if readable:
+        principal.check_metrics()
+        return
+    with pytest.raises(ApiError) as refused:
+        principal.check_metrics()
+    assert refused.value.status == 403 and f"role {role}" in refused.value.message
+
+
+def test_metrics_tokens_take_no_scope(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text("- {token: eeeeeeeeeeeeeeee1, name: scraper, role: metrics, namespace: t}\n")
+    with pytest.raises(ValueError, match=r"scraper.*no namespace, fleet or agent"):
         StaticTokens.from_file(path)
 
 
@@ -110,6 +156,20 @@ async def test_token_review_maps_the_pod_to_its_fleet(fake_api: tuple[FakeApiSer
         admin = await reviewer.authenticate("operator-token")
         assert admin is not None and admin.role == "admin"
         assert await reviewer.authenticate("forged") is None
+    finally:
+        await reviewer.close()
+
+
+async def test_token_review_knows_metrics_readers(fake_api: tuple[FakeApiServer, str]) -> None:
+    fake, url = fake_api
+    fake.users["scraper-token"] = {"username": "system:serviceaccount:monitoring:scraper"}
+    fake.users["other-token"] = {"username": "system:serviceaccount:monitoring:other"}
+    reviewer = TokenReviewer(KubeAccess(url), metrics=["monitoring:scraper"])
+    try:
+        reader = await reviewer.authenticate("scraper-token")
+        assert reader is not None and (reader.role, reader.namespace) == ("metrics", None)
+        # Not listed and not bound to a pod: no principal at all.
+        assert await reviewer.authenticate("other-token") is None
     finally:
         await reviewer.close()
 

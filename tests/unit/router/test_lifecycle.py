@@ -114,3 +114,22 @@ def test_result_for_an_unknown_task_is_stale() -> None:
     assert ack == wire.ResultAck(
         taskId="t-9", attempt=3, status="stale", message="task t-9 does not exist"
     )
+
+
+@pytest.mark.parametrize(
+    ("mode", "phases", "ends"),
+    [
+        ("all", {"Succeeded": 3}, True),
+        ("all", {"Succeeded": 2, "Running": 1}, False),
+        ("all", {"Succeeded": 2, "Failed": 1}, True),
+        ("all", {"Failed": 1, "Queued": 2}, False),
+        ("failFast", {"Failed": 1, "Queued": 2}, True),
+        ("failFast", {"Cancelled": 1, "Running": 1}, True),
+        ("failFast", {"Succeeded": 1, "Running": 2}, False),
+        ("all", {"Succeeded": 3, "Running": 0}, True),  # counters that went back to zero
+    ],
+)
+def test_join_ends_when_every_child_ended_or_failfast_saw_a_failure(
+    mode: wire.JoinMode, phases: dict[str, int], ends: bool
+) -> None:
+    assert lifecycle.join_ends(mode, phases) is ends

@@ -3,9 +3,15 @@
 Input: ``prompt`` (or ``messages``), optional ``system``, ``tools`` (names to offer;
 default: every tool the agent may use), ``maxTurns`` (8) and ``maxTokens`` (per reply).
 Tools are the agent's other skills plus ``handoff`` (a subtask to another fleet),
-filtered by the agent's allowed-tools list; a call to anything else is answered with
-an error message to the model, never run. Token usage of every turn is summed into
-the result's usage (with its cost, when the Agent's model has pricing).
+filtered by the agent's allowed-tools list, and the Agent's delegates; a call to anything
+else is answered with an error message to the model, never run. Token usage of every
+turn is summed into the result's usage (with its cost, when the Agent's model has pricing).
+
+Delegation: a delegate is another fleet's capability offered as a tool. The model's
+calls of delegates in one reply become the children of one wait (``ctx.spawn``, join
+``all``): the conversation so far is the task's checkpoint, the task waits in the router
+holding no agent, and when the children have ended it runs again, on any agent of its
+fleet, answering each call with its child's result (or error) before the next model turn.
 
 Policy at run time: before every model call the skill reserves the call's tokens with
 the router (the prompt, estimated, plus the reply's max tokens, which it always sends),
@@ -35,6 +41,7 @@ from agentarmy.agent.skills import (
     allowed,
 )
 from agentarmy.api import wire
+from agentarmy.api.agent import Delegate
 from agentarmy.logs import log_fields
 from agentarmy.policy.effective import judge_tool
 
@@ -53,6 +60,14 @@ HANDOFF_PARAMETERS: dict[str, Any] = {
     },
     "required": ["fleet", "capability"],
 }
+DELEGATE_PARAMETERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {"prompt": {"type": "string", "description": "What to ask"}},
+    "required": ["prompt"],
+}
+"""What a delegate takes by default: the arguments become the child task's input."""
+Offered = Skill | Delegate | None
+"""A tool offered to the model: a skill, a delegate, or None for the hand-off tool."""
 
 
 class LlmSkill:
@@ -77,6 +92,7 @@ class LlmSkill:
         if not self.settings.model_endpoint:
             raise SkillFailed("the agent has no model endpoint configured", retryable=False)
         state = _Conversation.resume(ctx.checkpoint) or _Conversation.start(ctx.input)
+        _answer_delegated(ctx, state)
         offered = self._offered_tools(ctx)
         max_turns = int(ctx.input.get("maxTurns", 8))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
@@ -112,10 +128,26 @@ class LlmSkill:
             state.messages.append(
                 {"role": "tool", "tool_call_id": call.get("id", ""), "content": content}
             )
+            if content is None:  # delegated: answered by its child, once the wait ends
+                state.delegated.append(
+                    {"message": len(state.messages) - 1, "call": len(state.calls) - 1}
+                )
             state.pending.pop(0)
             if record.get("approval"):
                 state.started = ""
                 await ctx.checkpoints.save(state.checkpoint())  # its outcome, stored once
+        if state.delegated:
+            await self._wait_for_delegates(ctx, state)
+
+    async def _wait_for_delegates(self, ctx: TaskContext, state: _Conversation) -> None:
+        """Start the reply's delegated calls as children of one wait; the conversation is
+        the checkpoint the task resumes from (raises Parked)."""
+        children = [
+            wire.SubmitTask(namespace=self.settings.namespace, **state.calls[d["call"]]["child"])
+            for d in state.delegated
+        ]
+        state.spawned = True
+        await ctx.spawn(children, "all", state.checkpoint())
 
     def _max_tokens(self, ctx: TaskContext) -> int:
         wanted = ctx.input.get("maxTokens")
@@ -129,7 +161,7 @@ class LlmSkill:
         ctx: TaskContext,
         session: aiohttp.ClientSession,
         messages: list[dict[str, Any]],
-        tools: Mapping[str, Skill | None],
+        tools: Mapping[str, Offered],
     ) -> dict[str, Any]:
         """One model call inside a reservation: overshoot is bounded by the prompt estimate."""
         max_tokens = self._max_tokens(ctx)
@@ -148,14 +180,17 @@ class LlmSkill:
         finally:
             await ctx.budget.settle(reserved, used)
 
-    def _offered_tools(self, ctx: TaskContext) -> dict[str, Skill | None]:
-        names = {*ctx.tools, HANDOFF_TOOL}
+    def _offered_tools(self, ctx: TaskContext) -> dict[str, Offered]:
+        delegates = {d.tool: d for d in self.settings.delegates}
+        names = {*ctx.tools, HANDOFF_TOOL, *delegates}
         wanted = ctx.input.get("tools")
         if isinstance(wanted, list):
             names &= {str(n) for n in wanted}
-        offered: dict[str, Skill | None] = {}
+        offered: dict[str, Offered] = {}
         for name in sorted(names):
-            if allowed(name, self.settings.allowed_tools):
+            if name in delegates:  # declared on the Agent: that is its allow-list entry
+                offered[name] = delegates[name]
+            elif allowed(name, self.settings.allowed_tools):
                 offered[name] = ctx.tools.get(name)
         return offered
 
@@ -163,7 +198,7 @@ class LlmSkill:
         self,
         session: aiohttp.ClientSession,
         messages: list[dict[str, Any]],
-        tools: Mapping[str, Skill | None],
+        tools: Mapping[str, Offered],
         max_tokens: int,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -196,7 +231,9 @@ class LlmSkill:
 
     async def _call_tool(
         self, ctx: TaskContext, call: dict[str, Any], state: _Conversation
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[str | None, dict[str, Any]]:
+        """What the model is told of the call (None: a child task will tell it) and the
+        call's record in the result's toolCalls."""
         function = call.get("function") or {}
         name = str(function.get("name", ""))
         try:
@@ -207,8 +244,10 @@ class LlmSkill:
         if not isinstance(arguments, dict):
             return json.dumps({"error": "arguments must be a JSON object"}), record
         needs_approval = self._judge_by_policy(ctx, name)
-        if not allowed(name, self.settings.allowed_tools) or (
-            name != HANDOFF_TOOL and name not in ctx.tools
+        delegate = next((d for d in self.settings.delegates if d.tool == name), None)
+        if delegate is None and (
+            not allowed(name, self.settings.allowed_tools)
+            or (name != HANDOFF_TOOL and name not in ctx.tools)
         ):
             return json.dumps({"error": f"tool {name!r} is not allowed for this agent"}), record
         if needs_approval:
@@ -216,12 +255,27 @@ class LlmSkill:
             record["approval"] = ctx.approval.id if ctx.approval else ""
             if verdict is not None:
                 return json.dumps({"error": verdict}), record
+        if delegate is not None:
+            return self._delegated(delegate, arguments, record)
         try:
             output = await self._run_tool(ctx, name, arguments)
         except SkillFailed as error:
             return json.dumps({"error": str(error)}), record
         record["ok"] = True
         return json.dumps(output), record
+
+    def _delegated(
+        self, delegate: Delegate, arguments: dict[str, Any], record: dict[str, Any]
+    ) -> tuple[str | None, dict[str, Any]]:
+        """The call as a child task to start when the reply's calls are done (None), or
+        what the model is told when its arguments cannot make one."""
+        child = {"fleet": delegate.fleet, "capability": delegate.capability, "input": arguments}
+        try:
+            wire.SubmitTask(namespace=self.settings.namespace, **child)
+        except ValueError as error:
+            return json.dumps({"error": f"cannot ask {delegate.fleet}: {error}"}), record
+        record["child"] = child
+        return None, record
 
     async def _run_tool(
         self, ctx: TaskContext, name: str, arguments: dict[str, Any]
@@ -326,6 +380,10 @@ class _Conversation:
     """The approval whose call is running and has no stored outcome yet (never run twice)."""
     used: list[str] = field(default_factory=list)
     """Approvals already applied to a call."""
+    delegated: list[dict[str, int]] = field(default_factory=list)
+    """Calls of delegates this reply (``message``, ``call``: their indexes), unanswered."""
+    spawned: bool = False
+    """True in the checkpoint stored with the wait: the task's children answer them."""
 
     @classmethod
     def start(cls, task_input: Mapping[str, Any]) -> _Conversation:
@@ -336,13 +394,15 @@ class _Conversation:
         if not checkpoint or "messages" not in checkpoint:
             return None
         return cls(
-            messages=list(checkpoint["messages"]),
+            messages=[dict(m) for m in checkpoint["messages"]],  # answers are filled in
             usage=wire.TokenUsage.model_validate(checkpoint.get("usage") or {}),
-            calls=list(checkpoint.get("calls") or []),
+            calls=[dict(c) for c in checkpoint.get("calls") or []],
             turn=int(checkpoint.get("turn", 0)),
             pending=list(checkpoint.get("pending") or []),
             started=str(checkpoint.get("started", "")),
             used=[str(u) for u in checkpoint.get("used") or []],
+            delegated=list(checkpoint.get("delegated") or []),
+            spawned=bool(checkpoint.get("spawned", False)),
         )
 
     def checkpoint(self) -> dict[str, Any]:
@@ -354,7 +414,38 @@ class _Conversation:
             "pending": self.pending,
             "started": self.started,
             "used": self.used,
+            "delegated": self.delegated,
+            "spawned": self.spawned,
         }
+
+
+def _answer_delegated(ctx: TaskContext, state: _Conversation) -> None:
+    """After the wait: each delegated call is answered with its child's result or error,
+    in the order they were started. Applying the same children to the same checkpoint
+    again (a later attempt) gives the same conversation."""
+    if not state.spawned:
+        return  # not started yet (e.g. a later call of the reply waited for a person)
+    children = ctx.children or []
+    if len(children) != len(state.delegated):
+        raise SkillFailed(
+            f"resumed with {len(children)} children's outcomes for "
+            f"{len(state.delegated)} delegated calls",
+            retryable=False,
+        )
+    for waiting, child in zip(state.delegated, children, strict=True):
+        succeeded = child.phase == "Succeeded"
+        answer: dict[str, Any] = (
+            child.result or {}
+            if succeeded
+            else {
+                "error": f"task {child.taskId} on fleet {child.fleet} {child.phase}: {child.error}"
+            }
+        )
+        state.messages[waiting["message"]]["content"] = json.dumps(answer)
+        record = state.calls[waiting["call"]]
+        record.pop("child", None)
+        record.update({"ok": succeeded, "taskId": child.taskId})
+    state.delegated, state.spawned = [], False
 
 
 def _initial_messages(task_input: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -370,9 +461,14 @@ def _initial_messages(task_input: Mapping[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
-def _tool_schema(name: str, skill: Skill | None) -> dict[str, Any]:
-    description = skill.description if skill else "Hand a subtask to another fleet."
-    parameters = skill.parameters if skill else HANDOFF_PARAMETERS
+def _tool_schema(name: str, tool: Offered) -> dict[str, Any]:
+    if isinstance(tool, Delegate):
+        description = tool.description or f"Ask fleet {tool.fleet} to {tool.capability}."
+        parameters = DELEGATE_PARAMETERS
+    elif tool is None:
+        description, parameters = "Hand a subtask to another fleet.", HANDOFF_PARAMETERS
+    else:
+        description, parameters = tool.description, tool.parameters
     return {
         "type": "function",
         "function": {"name": name, "description": description, "parameters": parameters},

@@ -5,16 +5,18 @@ in ``manifests/examples/pipeline.yaml`` and the demo.
   per piece and waits; then starts one ``reducer`` child with the workers' results and
   waits; then returns the reducer's result. Each wait parks the task in the router (no
   agent slot is held), and the stage reached is stored as the task's checkpoint.
-- ``wordcount`` (a worker): the words of ``text`` and how often each occurs.
+- ``wordcount`` (a worker): the words of ``text`` and how often each occurs, after
+  ``workSeconds`` of pretended work (default 0), so parts visibly run in parallel.
 - ``reduce`` (the reducer): adds up the workers' counts (``parts``).
 
-Input of ``split``: ``text``; ``parts`` (default 3); ``worker`` and ``reducer``, each
-``{fleet, capability}`` (default fleets ``workers`` / ``reducer`` with capabilities
-``wordcount`` / ``reduce``).
+Input of ``split``: ``text``; ``parts`` (default 3); ``workSeconds`` (passed to each
+worker, default 0); ``worker`` and ``reducer``, each ``{fleet, capability}`` (default
+fleets ``workers`` / ``reducer`` with capabilities ``wordcount`` / ``reduce``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import Counter
 from typing import Any
@@ -25,6 +27,18 @@ from agentarmy.api import wire
 
 WORD = re.compile(r"[\w']+")
 TOP_WORDS = 5
+MAX_WORK_SECONDS = 60.0
+
+
+def work_seconds(task_input: dict[str, Any]) -> float:
+    seconds = task_input.get("workSeconds", 0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise SkillFailed("input.workSeconds must be a number", retryable=False)
+    if not 0 <= seconds <= MAX_WORK_SECONDS:
+        raise SkillFailed(
+            f"input.workSeconds must be from 0 to {MAX_WORK_SECONDS:g}", retryable=False
+        )
+    return float(seconds)
 
 
 def split_words(text: str, parts: int) -> list[str]:
@@ -55,6 +69,7 @@ class SplitSkill:
         "properties": {
             "text": {"type": "string"},
             "parts": {"type": "integer", "minimum": 1, "maximum": 100},
+            "workSeconds": {"type": "number", "minimum": 0, "maximum": MAX_WORK_SECONDS},
             "worker": {"type": "object"},
             "reducer": {"type": "object"},
         },
@@ -87,12 +102,13 @@ class SplitSkill:
         if not isinstance(parts, int) or not 1 <= parts <= 100:
             raise SkillFailed("input.parts must be an integer from 1 to 100", retryable=False)
         fleet, capability = _target(ctx.input.get("worker"), "workers", "wordcount", "worker")
+        seconds = work_seconds(ctx.input)
         children = [
             wire.SubmitTask(
                 namespace=self.settings.namespace,
                 fleet=fleet,
                 capability=capability,
-                input={"text": piece, "part": index},
+                input={"text": piece, "part": index, "workSeconds": seconds},
             )
             for index, piece in enumerate(split_words(text, parts))
         ]
@@ -115,7 +131,10 @@ class WordCountSkill:
     description = "Count the words of a text."
     parameters: dict[str, Any] = {
         "type": "object",
-        "properties": {"text": {"type": "string"}},
+        "properties": {
+            "text": {"type": "string"},
+            "workSeconds": {"type": "number", "minimum": 0, "maximum": MAX_WORK_SECONDS},
+        },
         "required": ["text"],
     }
 
@@ -126,6 +145,7 @@ class WordCountSkill:
         text = ctx.input.get("text")
         if not isinstance(text, str):
             raise SkillFailed("input.text must be a string", retryable=False)
+        await asyncio.sleep(work_seconds(ctx.input))
         counts = Counter(word.lower() for word in WORD.findall(text))
         return SkillResult(
             output={

@@ -80,6 +80,8 @@ class _Entry:
     agent: str
     parent: str | None
     join_round: int | None
+    waits_for: tuple[int, wire.JoinMode] | None
+    """While WaitingForChildren: the join round it waits for and how (all, failFast)."""
     available_at: float
     expires_at: float | None
     ended_attempts: tuple[tuple[str, str, str], ...]
@@ -106,6 +108,11 @@ def _entry(revision: int, raw: bytes, task: Task) -> _Entry:
         agent=task.agent,
         parent=task.parentTaskId,
         join_round=task.joinRound,
+        waits_for=(
+            (task.join.round, task.join.mode)
+            if task.phase == "WaitingForChildren" and task.join is not None
+            else None
+        ),
         available_at=task.availableAt,
         expires_at=min(ends) if running and ends else None,
         ended_attempts=tuple(
@@ -131,6 +138,9 @@ class _Mirror:
         self.template_failures: Counter[tuple[str, str, str]] = Counter()  # (ns, fleet, hash)
         self.children: defaultdict[str, set[str]] = defaultdict(set)  # parent -> child ids
         self.waiting: set[str] = set()  # parents WaitingForChildren
+        self.rounds: defaultdict[tuple[str, int], Counter[str]] = defaultdict(Counter)
+        """(parent id, join round) -> phase -> children: a child's end asks "was that the
+        last one?" without reading the parent or its other children."""
 
     def apply(self, task_id: str, entry: _Entry) -> bool:
         """Take a newer version of a task; False if we already had this one or a newer one."""
@@ -164,6 +174,8 @@ class _Mirror:
             self.queued[(entry.namespace, entry.fleet, entry.capability)] += sign
         if entry.phase == "Running":
             self.running_by_agent[entry.agent] += sign
+        if entry.parent is not None and entry.join_round is not None:
+            self.rounds[(entry.parent, entry.join_round)][entry.phase] += sign
         for agent, template_hash, outcome in entry.ended_attempts:
             if outcome == "Succeeded" or outcome in wire.COUNTED_OUTCOMES:
                 template = (entry.namespace, entry.fleet, template_hash)
@@ -400,23 +412,30 @@ class NatsStore(TaskStore):
     # -- joins and cascades: level-based, so a replica that stopped half-way is caught up
     # -- by the next sweep (expire_due) -----------------------------------------------------
 
-    def _round_phases(self, parent: Task) -> dict[str, int]:
-        """Phase -> count of the children of the parent's current join round (mirror)."""
-        if parent.join is None:
-            return {}
-        phases: Counter[str] = Counter()
-        for child_id in self._mirror.children.get(parent.id, ()):
-            entry = self._mirror.entries.get(child_id)
-            if entry is not None and entry.join_round == parent.join.round:
-                phases[entry.phase] += 1
-        return dict(phases)
+    def _round_phases(self, parent_id: str, join_round: int) -> dict[str, int]:
+        """Phase -> count of the children of one join round of a parent (mirror)."""
+        counts = self._mirror.rounds.get((parent_id, join_round))
+        return {} if counts is None else {phase: n for phase, n in counts.items() if n > 0}
+
+    def _join_phases(self, parent: Task) -> dict[str, int]:
+        return {} if parent.join is None else self._round_phases(parent.id, parent.join.round)
+
+    def _may_resume(self, parent_id: str) -> bool:
+        """False when the mirror shows the parent not waiting, or its round's children not
+        yet ending the join: the usual answer for all but the last child, read from the
+        counters without parsing the parent (whose input may be large) or its children."""
+        entry = self._mirror.entries.get(parent_id)
+        if entry is None:
+            return True  # not mirrored yet: let _settle read it
+        if entry.waits_for is None:
+            return False
+        join_round, mode = entry.waits_for
+        return lifecycle.join_ends(mode, self._round_phases(parent_id, join_round))
 
     async def _settle_parent(self, child: Task) -> None:
         assert child.parentTaskId is not None
-        entry = self._mirror.entries.get(child.parentTaskId)
-        if entry is not None and entry.phase != "WaitingForChildren":
-            return  # the usual case for all but the last child: nothing to read or write
-        await self._settle(child.parentTaskId, child.finishedAt or time.time())
+        if self._may_resume(child.parentTaskId):
+            await self._settle(child.parentTaskId, child.finishedAt or time.time())
 
     async def _settle(self, parent_id: str, now: float) -> None:
         """The join of one parent: compare-and-swap, so it resumes once whoever tries. For
@@ -424,7 +443,7 @@ class NatsStore(TaskStore):
         if parent_id in self._settling:
             return  # a cancelled sibling's end, while this replica settles the parent
         current = await self.get(parent_id)
-        trial = current and lifecycle.settle_join(current, self._round_phases(current), now)
+        trial = current and lifecycle.settle_join(current, self._join_phases(current), now)
         if not trial or trial.join is None:
             return
         self._settling.add(parent_id)
@@ -432,7 +451,7 @@ class NatsStore(TaskStore):
             if trial.join.reason == "childFailed":
                 await self._cancel_children(parent_id, now, trial.join.round)
             outcome = await self._mutate(
-                parent_id, lambda p: lifecycle.settle_join(p, self._round_phases(p), now)
+                parent_id, lambda p: lifecycle.settle_join(p, self._join_phases(p), now)
             )
         finally:
             self._settling.discard(parent_id)
@@ -460,7 +479,8 @@ class NatsStore(TaskStore):
     async def _sweep_joins(self, now: float) -> None:
         """Parents whose join a stopped replica did not finish; cancelled parents' children."""
         for parent_id in list(self._mirror.waiting):
-            await self._settle(parent_id, now)
+            if self._may_resume(parent_id):
+                await self._settle(parent_id, now)
 
     async def _sweep_cascades(self, now: float) -> None:
         for parent_id in list(self._mirror.children):
@@ -566,9 +586,16 @@ class NatsStore(TaskStore):
 
     async def list_tasks(self, query: TaskQuery) -> list[Task]:
         after = query.after_seq or 0
+        entries = self._mirror.entries
+        # A parent's children (a join resuming, a tree) from their index, not a full scan.
+        scope = (
+            entries.values()
+            if query.parent is None
+            else [entries[c] for c in self._mirror.children.get(query.parent, ()) if c in entries]
+        )
         matches = [
             e
-            for e in self._mirror.entries.values()
+            for e in scope
             if e.seq > after
             and (query.namespace is None or e.namespace == query.namespace)
             and (query.fleet is None or e.fleet == query.fleet)
