@@ -13,7 +13,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from agentarmy.api.rules import BudgetRule, FleetRules, Halt, RuleLimit
+from agentarmy.api.rules import BudgetRule, FleetRules, Halt, RuleLimit, SentinelRule
 from agentarmy.api.wire import COUNTED_OUTCOMES, Task
 
 DEFAULT_MIN_TASKS = 20
@@ -183,6 +183,17 @@ def counts_for_sentinel(task: Task) -> tuple[bool, bool] | None:
     return None
 
 
+def _sample_from_elsewhere(bounds: SentinelRule) -> str:
+    """Each bound is the strictest of the fleet's Policies on its own: when the sample
+    size comes from another Policy than the rate, say so, or the halt names one Policy
+    for a verdict it did not reach alone."""
+    if bounds.minTasks is None or bounds.maxErrorRate is None:
+        return ""
+    if bounds.minTasks.policy == bounds.maxErrorRate.policy:
+        return ""
+    return f" (minTasks {bounds.minTasks.value:.0f} from policy {bounds.minTasks.policy})"
+
+
 def judge(
     namespace: str, fleet: str, rules: FleetRules, measured: Measurement, now: float
 ) -> Halt | None:
@@ -203,7 +214,7 @@ def judge(
                 now,
                 f"error rate {rate:.1%} over the last {window:.0f}s "
                 f"({measured.failures} of {measured.attempts} attempts) is above "
-                f"{bounds.maxErrorRate.value:.1%}",
+                f"{bounds.maxErrorRate.value:.1%}{_sample_from_elsewhere(bounds)}",
             )
     if bounds.maxTokensPerHour is not None:
         used = measured.tokens_per_hour

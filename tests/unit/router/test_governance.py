@@ -120,6 +120,17 @@ def test_a_breach_names_the_bound_the_value_and_the_sample() -> None:
     assert "team/guard" in halt.message and "40.0%" in halt.message and "8 of 20" in halt.message
 
 
+def test_a_sample_size_from_another_policy_is_named_too() -> None:
+    """Bounds combine field by field: the halt must not credit one Policy alone."""
+    measured = governance.Measurement(attempts=4, failures=3, tokens_per_hour=0, cost_per_hour=0)
+    bounds = rules(maxErrorRate=limit(0.5, "demo/baseline"), minTasks=limit(4, "demo/guard"))
+    halt = governance.judge("ns", "f", bounds, measured, 0.0)
+    assert halt is not None and halt.policy == "demo/baseline"
+    assert "(minTasks 4 from policy demo/guard)" in halt.message
+    same = rules(maxErrorRate=limit(0.5, "demo/guard"), minTasks=limit(4, "demo/guard"))
+    assert "minTasks" not in str(governance.judge("ns", "f", same, measured, 0.0))
+
+
 def test_tokens_and_cost_per_hour_halt() -> None:
     measured = governance.Measurement(
         attempts=1, failures=0, tokens_per_hour=5000, cost_per_hour=2.5
