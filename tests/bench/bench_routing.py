@@ -1,7 +1,7 @@
 """Benchmark: routing by results against least-loaded dispatch, one agent of five failing.
 
     python tests/bench/bench_routing.py [--tasks 2000] [--seed 14] [--rounds 1]
-        [--concurrency 8] [--task-ms 10]
+        [--concurrency 8] [--task-ms 10] [--healthy-control]
 
 In one run, for each routing mode (AGENTARMY_ROUTING=least-loaded, then results; with
 --rounds N the two alternate N times): a fresh router process on SQLite and five agent
@@ -12,11 +12,16 @@ n-th task it runs fails or not the same way in both modes), the others never fai
 --tasks tasks with maxAttempts 1 (a failed attempt is a failed task: DeadLettered) are
 submitted in batches of 100 as fast as the client can, as bench_router's burst does; the
 routing learns from cold (no warm-up: what it knows it learned in the measured run).
+With --healthy-control each round also runs ``healthy-only``: least-loaded dispatch over
+the four healthy agents alone (``bench-0`` not started), the best any routing that keeps
+work away from ``bench-0`` can do with the capacity left; results / healthy-only then
+separates the cost of routing by results from the capacity the sick agent no longer gives.
 
 Figures per run: failed tasks, bench-0's share of the tasks, throughput = tasks / (last
-result recorded - first submit) and p50/p99 of (result recorded - submit), on the store's
-clock. Then results / least-loaded ratios. Everything shares this machine's cores,
-unpinned; figures are printed, nothing here passes or fails.
+result recorded - first submit), goodput = the succeeded share of it, and p50/p99 of
+(result recorded - submit), on the store's clock. Then results / least-loaded ratios.
+Everything shares this machine's cores, unpinned; figures are printed, nothing here
+passes or fails.
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ AGENTS = 5
 FLAKY = "bench-0"
 FAIL_SHARE = 0.5
 MODES = ("least-loaded", "results")
+CONTROL = "healthy-only"
+"""Least-loaded over the healthy agents alone (--healthy-control)."""
 
 
 @dataclass
@@ -62,6 +69,11 @@ class Run:
     p50: float
     p99: float
     trips: int
+
+    @property
+    def goodput(self) -> float:
+        """Succeeded tasks per second (throughput counts failed tasks as done too)."""
+        return self.throughput * (self.tasks - self.failed) / max(1, self.tasks)
 
 
 # -- the agents ----------------------------------------------------------------------------------
@@ -86,13 +98,15 @@ class FlakySkill:
         return SkillResult(output={})
 
 
-async def host_agents(router_url: str, seed: int, concurrency: int, task_ms: float) -> None:
+async def host_agents(
+    router_url: str, seed: int, concurrency: int, task_ms: float, first: int = 0
+) -> None:
     from agentarmy.agent.runtime import AgentRuntime
     from agentarmy.agent.settings import AgentSettings
     from agentarmy.agent.skills import load_skills
 
     runtimes = []
-    for index in range(AGENTS):
+    for index in range(first, AGENTS):
         name = f"{FLEET}-{index}"
         settings = AgentSettings(
             router_url=router_url,
@@ -115,11 +129,11 @@ async def host_agents(router_url: str, seed: int, concurrency: int, task_ms: flo
 # -- one run -------------------------------------------------------------------------------------
 
 
-async def wait_for_agents(client: RouterClient) -> None:
+async def wait_for_agents(client: RouterClient, count: int) -> None:
     for _ in range(600):
         stats = await client.stats()
         live = sum(1 for f in stats.fleets if f.fleet == FLEET for a in f.agents if a.live)
-        if live >= AGENTS:
+        if live >= count:
             return
         await asyncio.sleep(0.1)
     raise TimeoutError("agents did not register")
@@ -150,10 +164,10 @@ def trips_in(log: Path) -> int:
 
 
 def start_agent_host(
-    router_url: str, work: Path, args: argparse.Namespace
+    router_url: str, work: Path, args: argparse.Namespace, first: int
 ) -> subprocess.Popen[bytes]:
     command = [sys.executable, __file__, "agent-host", router_url]
-    command += [str(args.seed), str(args.concurrency), str(args.task_ms)]
+    command += [str(args.seed), str(args.concurrency), str(args.task_ms), str(first)]
     log = (work / "agents.log").open("ab")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
 
@@ -173,13 +187,15 @@ async def run_mode(mode: str, work: Path, args: argparse.Namespace) -> Run:
         ],
     )
     log = work / "router.log"
+    routing = "least-loaded" if mode == CONTROL else mode
+    first = 1 if mode == CONTROL else 0  # the control runs without bench-0
     router = RouterProcess(
-        f"sqlite:///{work}/router.db", tokens, log, env={ROUTING_ENV: mode}
+        f"sqlite:///{work}/router.db", tokens, log, env={ROUTING_ENV: routing}
     ).start()
-    host = start_agent_host(router.url, work, args)
+    host = start_agent_host(router.url, work, args, first)
     try:
         async with RouterClient(router.url, ADMIN_TOKEN, timeout=120) as client:
-            await wait_for_agents(client)
+            await wait_for_agents(client, AGENTS - first)
             batch = [
                 wire.SubmitTask(fleet=FLEET, capability="work", maxAttempts=1) for _ in range(100)
             ]
@@ -225,27 +241,39 @@ def print_ratios(runs: list[Run]) -> None:
     def ratio(name: str) -> float:
         return figure("results", name) / max(1e-9, figure("least-loaded", name))
 
-    rounds = len(runs) // 2
+    rounds = len(runs) // len({r.mode for r in runs})
     print(f"results / least-loaded (median of {rounds} run{'s' if rounds > 1 else ''} each):")
     print(
         f"  failed tasks {figure('results', 'failed'):.0f} vs "
         f"{figure('least-loaded', 'failed'):.0f}: {ratio('failed'):.2f}x (goal <= 0.33x)"
     )
     print(f"  throughput {ratio('throughput'):.2f}x (goal >= 0.95x)")
+    print(f"  goodput (succeeded tasks/s) {ratio('goodput'):.2f}x")
     print(f"  p99 {ratio('p99'):.2f}x (goal <= 1.0x), p50 {ratio('p50'):.2f}x")
-    pairs = list(zip(runs[0::2], runs[1::2], strict=True))  # (least-loaded, results) per round
+
+    def per_round(mode: str) -> list[Run]:
+        return [r for r in runs if r.mode == mode]
+
+    pairs = list(zip(per_round("least-loaded"), per_round("results"), strict=True))
     for name in ("throughput", "p99"):
         ratios = [getattr(r, name) / getattr(ll, name) for ll, r in pairs]
         shown = ", ".join(f"{x:.2f}" for x in ratios)
         print(f"  {name} per round: {shown} (median {median(ratios):.2f}x)")
+    controls = list(zip(per_round(CONTROL), per_round("results"), strict=True))
+    if controls:
+        print(f"results / {CONTROL} (least-loaded without {FLAKY}; same rounds):")
+        for name in ("throughput", "p99"):
+            ratios = [getattr(r, name) / getattr(c, name) for c, r in controls]
+            shown = ", ".join(f"{x:.2f}" for x in ratios)
+            print(f"  {name} per round: {shown} (median {median(ratios):.2f}x)")
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "agent-host":
         from agentarmy.agent.runtime import run_event_loop
 
-        url, seed, concurrency, task_ms = sys.argv[2:6]
-        run_event_loop(host_agents(url, int(seed), int(concurrency), float(task_ms)))
+        url, seed, concurrency, task_ms, first = sys.argv[2:7]
+        run_event_loop(host_agents(url, int(seed), int(concurrency), float(task_ms), int(first)))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=2_000)
@@ -259,6 +287,11 @@ def main() -> None:
         "load; with less, holding the flaky agent back costs its share of the capacity)",
     )
     parser.add_argument("--task-ms", type=float, default=10.0, help="each task's sleep")
+    parser.add_argument(
+        "--healthy-control",
+        action="store_true",
+        help=f"also run {CONTROL} each round: least-loaded over the healthy agents alone",
+    )
     args = parser.parse_args()
     print(
         f"bench_routing {datetime.now():%Y-%m-%d %H:%M}: {args.tasks} tasks (maxAttempts 1), "
@@ -269,7 +302,7 @@ def main() -> None:
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
         for round_number in range(args.rounds):
-            for mode in MODES:
+            for mode in (*MODES, CONTROL) if args.healthy_control else MODES:
                 work = Path(tmp) / f"{mode}-{round_number}"
                 work.mkdir()
                 runs.append(run_client(run_mode(mode, work, args)))

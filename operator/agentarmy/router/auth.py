@@ -257,9 +257,7 @@ class TokenReviewer:
         # A standalone Agent is its own fleet of one (see runtime_env.FLEET).
         fleet = labels.get(pod_labels.FLEET) or labels.get(pod_labels.AGENT)
         if not fleet:
-            log.info(
-                "pod %s/%s has no %s label", namespace, pod_names[0], pod_labels.FLEET
-            )
+            log.info("pod %s/%s has no %s label", namespace, pod_names[0], pod_labels.FLEET)
             return None
         return Principal(
             username,
