@@ -10,8 +10,9 @@ fleet, each with concurrency --concurrency. Every task sleeps --task-ms in the a
 agent ``bench-0`` fails half of its tasks (its own random.Random seeded by --seed, so the
 n-th task it runs fails or not the same way in both modes), the others never fail.
 --tasks tasks with maxAttempts 1 (a failed attempt is a failed task: DeadLettered) are
-submitted in batches of 100 as fast as the client can, as bench_router's burst does; the
-routing learns from cold (no warm-up: what it knows it learned in the measured run).
+submitted in batches of 100 as fast as the client can, as bench_router's burst does (a
+saturated fleet: every slot busy), or with --rate R at R tasks/s (open loop, batches of 10:
+a fleet with headroom); the routing learns from cold (no warm-up: what it knows it learned in the measured run).
 With --healthy-control each round also runs ``healthy-only``: least-loaded dispatch over
 the four healthy agents alone (``bench-0`` not started), the best any routing that keeps
 work away from ``bench-0`` can do with the capacity left; results / healthy-only then
@@ -57,6 +58,10 @@ FAIL_SHARE = 0.5
 MODES = ("least-loaded", "results")
 CONTROL = "healthy-only"
 """Least-loaded over the healthy agents alone (--healthy-control)."""
+
+
+PACED_BATCH = 10
+"""Tasks per submit with --rate."""
 
 
 @dataclass
@@ -196,12 +201,15 @@ async def run_mode(mode: str, work: Path, args: argparse.Namespace) -> Run:
     try:
         async with RouterClient(router.url, ADMIN_TOKEN, timeout=120) as client:
             await wait_for_agents(client, AGENTS - first)
+            size = PACED_BATCH if args.rate else 100
             batch = [
-                wire.SubmitTask(fleet=FLEET, capability="work", maxAttempts=1) for _ in range(100)
+                wire.SubmitTask(fleet=FLEET, capability="work", maxAttempts=1) for _ in range(size)
             ]
             sent: dict[str, float] = {}
             start = time.time()
-            for _ in range(args.tasks // 100):
+            for number in range(args.tasks // size):
+                if args.rate:  # open loop: batch n leaves at start + n * size / rate
+                    await asyncio.sleep(max(0.0, start + number * size / args.rate - time.time()))
                 at = time.time()
                 reply = await client.submit_batch(batch)
                 sent.update({r.task.id: at for r in reply.results})
@@ -259,8 +267,8 @@ def print_ratios(runs: list[Run]) -> None:
         ratios = [getattr(r, name) / getattr(ll, name) for ll, r in pairs]
         shown = ", ".join(f"{x:.2f}" for x in ratios)
         print(f"  {name} per round: {shown} (median {median(ratios):.2f}x)")
-    controls = list(zip(per_round(CONTROL), per_round("results"), strict=True))
-    if controls:
+    if per_round(CONTROL):
+        controls = list(zip(per_round(CONTROL), per_round("results"), strict=True))
         print(f"results / {CONTROL} (least-loaded without {FLAKY}; same rounds):")
         for name in ("throughput", "p99"):
             ratios = [getattr(r, name) / getattr(c, name) for c, r in controls]
@@ -288,6 +296,14 @@ def main() -> None:
     )
     parser.add_argument("--task-ms", type=float, default=10.0, help="each task's sleep")
     parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="submit at this many tasks/s (open loop, batches of "
+        f"{PACED_BATCH}) instead of all at once: load below the fleet's capacity, as a fleet "
+        "sized with headroom sees it",
+    )
+    parser.add_argument(
         "--healthy-control",
         action="store_true",
         help=f"also run {CONTROL} each round: least-loaded over the healthy agents alone",
@@ -296,7 +312,9 @@ def main() -> None:
     print(
         f"bench_routing {datetime.now():%Y-%m-%d %H:%M}: {args.tasks} tasks (maxAttempts 1), "
         f"{AGENTS} agents x concurrency {args.concurrency}, {args.task_ms:g} ms each, "
-        f"{FLAKY} fails {FAIL_SHARE:.0%} (seed {args.seed}); {os.cpu_count()} cores, unpinned",
+        f"{FLAKY} fails {FAIL_SHARE:.0%} (seed {args.seed}), submitted "
+        f"{f'at {args.rate:g} tasks/s' if args.rate else 'all at once'}; "
+        f"{os.cpu_count()} cores, unpinned",
         flush=True,
     )
     runs: list[Run] = []
