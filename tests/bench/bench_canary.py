@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from agentarmy.api import crdgen, wire
+from agentarmy.devcluster.canarydrill import canary_fleet
 from agentarmy.devcluster.cluster import DevCluster
 from agentarmy.devcluster.stack import Stack, local_stack
 from agentarmy.router.client import RouterClient
@@ -33,28 +34,14 @@ MAX_ERROR_RATE = 0.2
 
 
 def fleet(name: str, version: str, min_tasks: int, broken: bool) -> str:
-    env = [{"name": "VERSION", "value": version}]
-    if broken:
-        env.append({"name": "TEST_SKILL_FAIL", "value": "broken on purpose"})
-    return json.dumps(
-        {
-            "apiVersion": "agentarmy.io/v1alpha1",
-            "kind": "Fleet",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": 4,
-                "template": {"spec": {"capabilities": ["test"], "env": env}},
-                "strategy": {
-                    "type": "Canary",
-                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-                    "canary": {
-                        "steps": [{"weight": 50, "pause": "1h"}],
-                        "maxErrorRate": MAX_ERROR_RATE,
-                        "minTasks": min_tasks,
-                    },
-                },
-            },
-        }
+    return canary_fleet(
+        name,
+        version,
+        broken,
+        replicas=4,
+        steps=[{"weight": 50, "pause": "1h"}],
+        max_error_rate=MAX_ERROR_RATE,
+        min_tasks=min_tasks,
     )
 
 

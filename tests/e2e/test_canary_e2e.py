@@ -5,21 +5,17 @@ SIGKILLed mid-canary resumes at the same step; too few tasks mean waiting, not a
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from agentarmy.api import wire
+from agentarmy.devcluster.canarydrill import Traffic, canary_fleet
 from agentarmy.devcluster.stack import Stack, local_stack
-from agentarmy.router.client import RouterClient
 from tests.integration.operator_process import apply, get_json, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -34,30 +30,8 @@ def stack(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
 
 
 def fleet(name: str, version: str, broken: bool = False, **canary: Any) -> str:
-    env = [{"name": "VERSION", "value": version}]
-    if broken:
-        env.append({"name": "TEST_SKILL_FAIL", "value": f"version {version} is broken"})
-    return json.dumps(
-        {
-            "apiVersion": "agentarmy.io/v1alpha1",
-            "kind": "Fleet",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": REPLICAS,
-                "template": {"spec": {"capabilities": ["test"], "env": env}},
-                "strategy": {
-                    "type": "Canary",
-                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-                    "canary": {
-                        "steps": [{"weight": 25, "pause": "3s"}, {"weight": 50, "pause": "3s"}],
-                        "maxErrorRate": 0.2,
-                        "minTasks": 6,
-                        **canary,
-                    },
-                },
-            },
-        }
-    )
+    steps = canary.pop("steps", [{"weight": 25, "pause": "3s"}, {"weight": 50, "pause": "3s"}])
+    return canary_fleet(name, version, broken, REPLICAS, steps, **canary)
 
 
 def status_of(cluster: Any, stack: Stack, name: str) -> dict[str, Any]:
@@ -101,51 +75,6 @@ def rolled_out(cluster: Any, stack: Stack, name: str) -> str:
 
     wait_for(complete, 120)
     return str(status_of(cluster, stack, name)["currentTemplateHash"])
-
-
-class Traffic:
-    """Submits tasks to one fleet at a steady pace in the background and remembers every
-    id, so a test can check that none was lost."""
-
-    def __init__(self, stack: Stack, fleet_name: str, per_second: float = 8.0) -> None:
-        self.stack, self.fleet, self.interval = stack, fleet_name, 1 / per_second
-        self.ids: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self) -> None:
-        async with RouterClient(self.stack.router_url, self.stack.admin_token) as admin:
-            while not self._stop.is_set():
-                submitted = await admin.submit(
-                    wire.SubmitTask(
-                        namespace=self.stack.namespace,
-                        fleet=self.fleet,
-                        capability="test",
-                        input={"sleep": 0.05},
-                        maxAttempts=8,
-                    )
-                )
-                self.ids.append(submitted.task.id)
-                await asyncio.sleep(self.interval)
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def outcomes(self) -> dict[str, int]:
-        async def read() -> dict[str, int]:
-            phases: dict[str, int] = {}
-            async with RouterClient(self.stack.router_url, self.stack.admin_token) as admin:
-                for task_id in self.ids:
-                    phase = (await admin.wait(task_id, 60)).phase
-                    phases[phase] = phases.get(phase, 0) + 1
-            return phases
-
-        return asyncio.run(read())
 
 
 def armyctl(cluster: Any, stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -195,7 +124,7 @@ def test_a_failing_template_is_aborted_at_the_first_step_and_nothing_is_lost(
         wait_for(lambda: agents_by_template(cluster, stack, "broken") == {stable: REPLICAS}, 90)
         assert events(cluster, stack, "broken", "RolloutAborted")
         time.sleep(2)  # traffic keeps flowing to the old agents
-    outcomes = traffic.outcomes()
+    outcomes = traffic.phases()
     assert outcomes == {"Succeeded": len(traffic.ids)}, outcomes
     # Aborted stays aborted: nothing moves until the template changes or a retry.
     time.sleep(4)
@@ -220,7 +149,7 @@ def test_a_failing_template_is_aborted_at_the_first_step_and_nothing_is_lost(
         wait_canary(cluster, stack, "broken", "Aborted", 90)
     again = status_of(cluster, stack, "broken")["canary"]
     assert again["baselineTasks"] >= first_abort["baselineTasks"] + first_abort["tasks"]
-    assert traffic.outcomes() == {"Succeeded": len(traffic.ids)}
+    assert traffic.phases() == {"Succeeded": len(traffic.ids)}
 
 
 def test_a_healthy_canary_walks_every_step_to_100_percent(cluster: Any, stack: Stack) -> None:
@@ -251,7 +180,7 @@ def test_a_healthy_canary_walks_every_step_to_100_percent(cluster: Any, stack: S
 def test_too_few_tasks_mean_waiting_not_a_verdict(cluster: Any, stack: Stack) -> None:
     apply(cluster, stack.namespace, fleet("quiet", "1"))
     rolled_out(cluster, stack, "quiet")
-    apply(cluster, stack.namespace, fleet("quiet", "2", broken=True, minTasks=50))
+    apply(cluster, stack.namespace, fleet("quiet", "2", broken=True, min_tasks=50))
 
     wait_canary(cluster, stack, "quiet", "WaitingForTasks", 60)
     canary = status_of(cluster, stack, "quiet")["canary"]

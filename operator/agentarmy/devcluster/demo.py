@@ -29,7 +29,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from agentarmy.api import conditions, crdgen, wire
 from agentarmy.api.fleet import FleetStatus
 from agentarmy.api.rules import AllRules, FleetRules
 from agentarmy.api.task import TERMINAL_PHASES
+from agentarmy.devcluster.canarydrill import Traffic, canary_fleet
 from agentarmy.devcluster.cluster import DevCluster
 from agentarmy.devcluster.coldstart import cold_fleet, first_result
 from agentarmy.devcluster.stack import Stack, local_stack, wait_for_agents
@@ -302,77 +302,14 @@ async def _flow(stack: Stack, count: int) -> tuple[list[wire.Task], float]:
 CANARY_REPLICAS = 4
 
 
-def canary_fleet(version: str, broken: bool) -> str:
+def checkout_fleet(version: str, broken: bool) -> str:
     """Fleet checkout: a Canary strategy judging each new template on 6 tasks at most 20%
     failed. A broken version's agents fail every task (the test skill's TEST_SKILL_FAIL)."""
-    env = [{"name": "VERSION", "value": version}]
-    if broken:
-        env.append({"name": "TEST_SKILL_FAIL", "value": f"version {version} is broken"})
-    return json.dumps(
-        {
-            "apiVersion": "agentarmy.io/v1alpha1",
-            "kind": "Fleet",
-            "metadata": {"name": "checkout"},
-            "spec": {
-                "replicas": CANARY_REPLICAS,
-                "template": {"spec": {"capabilities": ["test"], "env": env, "resources": LIMITS}},
-                "strategy": {
-                    "type": "Canary",
-                    "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-                    "canary": {
-                        "steps": [{"weight": 25, "pause": "30s"}, {"weight": 50, "pause": "30s"}],
-                        "maxErrorRate": 0.2,
-                        "minTasks": 6,
-                    },
-                },
-            },
-        }
-    )
-
-
-class Traffic:
-    """Test tasks submitted to one fleet at a steady pace in the background; every id kept,
-    so the step can show that none was lost while the canary came and went."""
-
-    def __init__(self, stack: Stack, fleet: str, per_second: float = 8.0) -> None:
-        self.stack, self.fleet, self.interval = stack, fleet, 1 / per_second
-        self.ids: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    async def _run(self) -> None:
-        async with RouterClient(self.stack.router_url, self.stack.client_token) as client:
-            while not self._stop.is_set():
-                submitted = await client.submit(
-                    wire.SubmitTask(
-                        namespace=NAMESPACE,
-                        fleet=self.fleet,
-                        capability="test",
-                        input={"sleep": 0.05},
-                        maxAttempts=8,
-                    )
-                )
-                self.ids.append(submitted.task.id)
-                await asyncio.sleep(self.interval)
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def phases(self) -> Counter[str]:
-        async def read() -> Counter[str]:
-            async with RouterClient(self.stack.router_url, self.stack.client_token) as client:
-                return Counter([(await client.wait(i, 60)).phase for i in self.ids])
-
-        return asyncio.run(read())
+    return canary_fleet("checkout", version, broken, replicas=CANARY_REPLICAS, resources=LIMITS)
 
 
 def canary_rolled_back(demo: Demo) -> Outcome:
-    demo.apply(canary_fleet("1", broken=False))
+    demo.apply(checkout_fleet("1", broken=False))
     print("    fleet checkout v1 (strategy.type: Canary, maxErrorRate 20%, minTasks 6)")
 
     def rolled_out() -> bool:
@@ -387,7 +324,7 @@ def canary_rolled_back(demo: Demo) -> Outcome:
     show(demo.kubectl("get", "fleet", "checkout", "-o", "wide").stdout)
     with Traffic(demo.stack, "checkout") as traffic:
         time.sleep(1)
-        demo.apply(canary_fleet("2", broken=True))
+        demo.apply(checkout_fleet("2", broken=True))
         print("    $ kubectl apply -f checkout-v2.yaml   # its agents fail every task")
         status = _follow_canary(demo, seconds=90)
         if status.canary is None or status.canary.phase != "Aborted":
