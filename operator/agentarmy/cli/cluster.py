@@ -23,12 +23,20 @@ def _fail(err: Exception) -> int:
     return 1
 
 
+def _component(name: str) -> str:
+    if name not in binaries.BUILDERS:
+        known = ", ".join(sorted(binaries.BUILDERS))
+        raise argparse.ArgumentTypeError(f"unknown component {name!r}: choose from {known}")
+    return name
+
+
 def build(args: argparse.Namespace) -> int:
+    components = args.components or sorted(binaries.BUILDERS)
     try:
-        built = binaries.ensure(args.components)
+        built = binaries.ensure(components)
     except BinaryError as err:
         return _fail(err)
-    for name in args.components:
+    for name in components:
         component, _ = binaries.BUILDERS[name]
         how = "built" if name in built else "cached, checked"
         print(f"{name} {component.version} ({how}): {component.directory}")
@@ -94,11 +102,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     commands = parser.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
 
     p_build = commands.add_parser("build", help="build the control-plane binaries into the cache")
+    # Not `choices`: argparse (3.11) checks a nargs="*" default against them as one value,
+    # which made `armyctl cluster build` with no argument an error.
     p_build.add_argument(
         "components",
         nargs="*",
-        default=["etcd", "kwok", "kubernetes"],
-        choices=sorted(binaries.BUILDERS),
+        type=_component,
+        metavar="COMPONENT",
+        help=f"what to build: {', '.join(sorted(binaries.BUILDERS))} (default: all)",
     )
     p_build.set_defaults(handler=build)
 

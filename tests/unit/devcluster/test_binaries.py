@@ -102,3 +102,20 @@ def test_ensure_builds_once_then_reports_the_cache(
     assert "building tool v1.0.0" in capsys.readouterr().err
     assert binaries.ensure([component.name]) == []  # complete: checked, not rebuilt
     assert builds == [component.name]
+
+
+def test_cluster_build_without_arguments_builds_everything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`armyctl cluster build` alone used to fail in argparse (a list default checked
+    against choices as one value)."""
+    from agentarmy.cli.main import main
+
+    asked: list[list[str]] = []
+    monkeypatch.setattr(binaries, "ensure", lambda names: asked.append(list(names)) or set())
+    assert main(["cluster", "build"]) == 0
+    assert asked == [sorted(binaries.BUILDERS)]
+    printed = capsys.readouterr().out
+    assert all(f"{name} " in printed for name in binaries.BUILDERS), printed
+    assert main(["cluster", "build", "etcd"]) == 0
+    assert asked[-1] == ["etcd"]
