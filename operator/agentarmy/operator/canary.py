@@ -19,6 +19,8 @@ from agentarmy.api.common import parse_duration
 from agentarmy.api.fleet import Canary, CanaryStatus, FleetSpec
 from agentarmy.operator.rollout import Member
 
+JUDGING_PHASES = frozenset({"Progressing", "Paused", "WaitingForTasks", "Promoting"})
+"""Phases in which a canary is still judging its template (not Promoted, not Aborted)."""
 RETRY_ANNOTATION = "agentarmy.io/rollout-retry"
 """Set (to any new value) to retry an aborted canary of the same template."""
 
@@ -248,4 +250,4 @@ def decide(
         recorded = True
 
 
-__all__ = ["RETRY_ANNOTATION", "Decision", "TemplateCounts", "decide", "split"]
+__all__ = ["JUDGING_PHASES", "RETRY_ANNOTATION", "Decision", "TemplateCounts", "decide", "split"]

@@ -194,7 +194,8 @@ class FleetReconciler:
             # A step or verdict is written before it is acted on: a restarted operator
             # resumes at the step the Agents are at, never a step behind.
             await self._write_status(key, fleet, status, policy, now_or_never=True)
-        await self._apply(fleet, spec, hash_, decision)
+        stable = progress.status.stableTemplateHash if progress and progress.status else ""
+        await self._apply(fleet, spec, hash_, decision, stable)
         requeue = None if recorded else await self._write_status(key, fleet, status, policy)
         if progress is not None and progress.requeue is not None:
             requeue = min(requeue or progress.requeue, progress.requeue)
@@ -258,11 +259,17 @@ class FleetReconciler:
         return verdict, rules
 
     async def _apply(
-        self, fleet: FleetView, spec: FleetSpec, hash_: str, decision: rollout.Plan
+        self,
+        fleet: FleetView,
+        spec: FleetSpec,
+        hash_: str,
+        decision: rollout.Plan,
+        stable: str = "",
     ) -> None:
+        """``stable``: the template a canary restores Agents of (``decision.restore``)."""
         key = (fleet.namespace, fleet.name)
         bodies = [agent_body(fleet, spec, n, hash_) for n in decision.create]
-        bodies += self._restored(fleet, decision.restore)
+        bodies += self._restored(fleet, decision.restore, stable)
         if bodies:
             self.expectations.expect(key, [b["metadata"]["name"] for b in bodies])
             await self._bounded(self.kube.create(body) for body in bodies)
@@ -300,28 +307,31 @@ class FleetReconciler:
                 "; ".join(parts),
             )
 
-    def _restored(self, fleet: FleetView, names: tuple[str, ...]) -> list[dict[str, Any]]:
+    def _restored(
+        self, fleet: FleetView, names: tuple[str, ...], stable: str
+    ) -> list[dict[str, Any]]:
+        """Bodies for Agents of the ``stable`` template, copied from one still running it."""
         if not names:
             return []
-        hashes = {n.rsplit("-", 2)[-2] for n in names}
-        sources: dict[str, AgentView] = {}
-        for member in self.cache.agents_of(fleet.namespace, fleet.name):
-            prefix = member.template_hash[:5]
-            view = self.cache.agent(fleet.namespace, member.name)
-            if prefix in hashes and view is not None and view.spec and not view.deleting:
-                sources.setdefault(prefix, view)
-        bodies = []
-        for name in names:
-            source = sources.get(name.rsplit("-", 2)[-2])
-            if source is None:
-                # Every Agent of the old template is gone: nothing to copy it from.
-                log.warning(
-                    "cannot restore an agent of the old template: none is left to copy",
-                    extra={"namespace": fleet.namespace, "fleet": fleet.name, "agent": name},
-                )
-                continue
-            bodies.append(restored_agent_body(fleet, source, name))
-        return bodies
+        source = next(
+            (
+                view
+                for member in self.cache.agents_of(fleet.namespace, fleet.name)
+                if member.template_hash == stable
+                and (view := self.cache.agent(fleet.namespace, member.name)) is not None
+                and view.spec
+                and not view.deleting
+            ),
+            None,
+        )
+        if source is None:
+            # Every Agent of the old template is gone: nothing to copy it from.
+            log.warning(
+                "cannot restore agents of the old template: none is left to copy",
+                extra={"namespace": fleet.namespace, "fleet": fleet.name, "template": stable},
+            )
+            return []
+        return [restored_agent_body(fleet, source, name) for name in names]
 
     async def _bounded(self, calls: Any) -> None:
         async def one(call: Any) -> Any:

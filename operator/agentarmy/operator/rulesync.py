@@ -24,6 +24,7 @@ from agentarmy.api.agent import AgentSpec
 from agentarmy.api.fleet import FleetSpec
 from agentarmy.api.rules import FleetRules
 from agentarmy.operator.cache import Cache
+from agentarmy.operator.canary import JUDGING_PHASES
 from agentarmy.operator.labels import FLEET as FLEET_LABEL
 from agentarmy.policy import agent_subject, effective_rules, fleet_subject
 from agentarmy.router.client import RouterClient
@@ -31,7 +32,6 @@ from agentarmy.router.client import RouterClient
 log = logging.getLogger("agentarmy.operator.rules")
 
 DEBOUNCE_SECONDS = 0.3
-JUDGED_PHASES = frozenset({"Progressing", "Paused", "WaitingForTasks", "Promoting"})
 HALT_POLL_SECONDS = 1.0
 """How often the router's halts are read (a small in-memory answer), so a Fleet shows
 Halted within about a second of the router stopping its dispatch."""
@@ -73,7 +73,7 @@ def namespace_rules(cache: Cache, namespace: str) -> list[FleetRules]:
 def canary_under_judgement(status: Mapping[str, Any]) -> str | None:
     """The template hash a Fleet's canary is judging right now, if any."""
     canary = status.get("canary") or {}
-    if canary.get("phase") in JUDGED_PHASES and canary.get("templateHash"):
+    if canary.get("phase") in JUDGING_PHASES and canary.get("templateHash"):
         return str(canary["templateHash"])
     return None
 

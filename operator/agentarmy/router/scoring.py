@@ -292,10 +292,9 @@ class Routing:
 
     def admit(self, info: AgentInfo, max_tasks: int, now: float) -> Admission:
         """How many tasks the agent may be given now (it asked for ``max_tasks``)."""
-        agent = self._agents.get(agent_id(info.namespace, info.name))
-        if not self._applies(agent, info):
+        agent = self._limited(info)
+        if agent is None:
             return Admission(max_tasks, 0.0)
-        assert agent is not None
         self._refresh(agent, now)
         if agent.breaker == "open":
             return Admission(0, agent.open_until - now)
@@ -315,10 +314,9 @@ class Routing:
 
     def granted(self, info: AgentInfo, tasks: list[Task], now: float) -> None:
         """The dispatcher leased ``tasks`` to the agent: start a probe, or pace the next grant."""
-        agent = self._agents.get(agent_id(info.namespace, info.name))
-        if not self._applies(agent, info) or not tasks:
+        agent = self._limited(info)
+        if agent is None or not tasks:
             return
-        assert agent is not None
         if agent.breaker == "half-open" and agent.probe is None:
             agent.probe = (tasks[0].id, tasks[0].attempt)
             agent.probe_since = now
@@ -331,21 +329,18 @@ class Routing:
 
     def weight(self, info: AgentInfo, now: float) -> float:
         """The agent's weight in (0, 1]; 1 for an agent with nothing against it."""
-        agent = self._agents.get(agent_id(info.namespace, info.name))
-        if not self._applies(agent, info):
-            return 1.0
-        assert agent is not None
-        return self._weight(agent, now)
+        agent = self._limited(info)
+        return 1.0 if agent is None else self._weight(agent, now)
 
-    def _applies(self, agent: _Agent | None, info: AgentInfo) -> bool:
-        """Whether the agent's record limits it: routing by results is on, something is
-        held against the agent, and no canary is judging its template."""
-        return (
-            self.enabled
-            and agent is not None
-            and agent.penalized
-            and not self.under_canary(info.namespace, info.fleet, info.templateHash)
-        )
+    def _limited(self, info: AgentInfo) -> _Agent | None:
+        """The agent's record, when it limits the agent: routing by results is on,
+        something is held against the agent, and no canary is judging its template."""
+        agent = self._agents.get(agent_id(info.namespace, info.name))
+        if not self.enabled or agent is None or not agent.penalized:
+            return None
+        if self.under_canary(info.namespace, info.fleet, info.templateHash):
+            return None
+        return agent
 
     # -- reading ----------------------------------------------------------------------------
 
